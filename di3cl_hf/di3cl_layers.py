@@ -1,0 +1,177 @@
+"""Building blocks of DI3CL: projection heads, losses, the negative-key queue and conv1 channel adaptation.
+
+Small, config-free modules and functions; tensor shapes are given in the docstrings. Imported relatively by
+``modeling_di3cl.py`` (and therefore shipped with remote code): only torch / timm imports here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BatchNormWithSingleValueFallback(nn.BatchNorm1d):
+    """``BatchNorm1d`` that uses its running statistics when a training batch has a single value per channel.
+
+    Plain BatchNorm raises on such a batch ("Expected more than 1 value per channel when training"); DI3CL's instance
+    head sees one box when only one pair of views overlaps. Batch statistics of one sample are meaningless, so the
+    running statistics are used for that step (and not updated). The state dict is that of ``nn.BatchNorm1d``.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.training and input.numel() // max(input.shape[1], 1) <= 1:
+            return F.batch_norm(
+                input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(input)
+
+
+class BatchNorm2dWithSingleValueFallback(nn.BatchNorm2d):
+    """``BatchNorm2d`` with the same single-value fallback as :class:`BatchNormWithSingleValueFallback`.
+
+    Used in the UperNet pyramid-pooling branch of scale 1, whose output is ``[B, C, 1, 1]``: with a training batch of
+    one image it would otherwise fail.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.training and input.numel() // max(input.shape[1], 1) <= 1:
+            return F.batch_norm(
+                input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(input)
+
+
+class ProjectionHead(nn.Module):
+    """Two-layer MLP ``Linear -> [BatchNorm1d] -> ReLU -> Linear``.
+
+    Without BatchNorm (the global and contour projectors) the layers are ``net.0`` (Linear), ``net.1`` (ReLU),
+    ``net.2`` (Linear); with it (instance projector and predictor) ``net.0``, ``net.1`` (BatchNorm1d), ``net.2``
+    (ReLU), ``net.3`` — the released checkpoint's names.
+
+    Args:
+        input_dim: Size of the input vectors.
+        hidden_dim: Hidden size.
+        output_dim: Output size.
+        use_batch_norm: Whether to put a BatchNorm1d after the first Linear.
+
+    Shapes: ``[N, input_dim] -> [N, output_dim]``.
+    """
+
+    def __init__(
+        self, input_dim: int, hidden_dim: int, output_dim: int, use_batch_norm: bool = False
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(input_dim, hidden_dim)]
+        if use_batch_norm:
+            layers.append(BatchNormWithSingleValueFallback(hidden_dim))
+        layers += [nn.ReLU(inplace=True), nn.Linear(hidden_dim, output_dim)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def info_nce_logits(query: torch.Tensor, positive_key: torch.Tensor, queue: torch.Tensor, temperature: float):
+    """MoCo logits: the positive similarity in column 0, the queue's negatives after it.
+
+    Args:
+        query: ``[B, D]`` L2-normalised query embeddings.
+        positive_key: ``[B, D]`` L2-normalised key embeddings (row i is the positive of query row i).
+        queue: ``[D, K]`` L2-normalised negative keys.
+        temperature: Softmax temperature.
+
+    Returns:
+        ``[B, 1 + K]`` float32 logits; the target class is 0 for every row.
+    """
+    query = query.float()
+    positive = torch.einsum("bd,bd->b", query, positive_key.float()).unsqueeze(1)  # [B, 1]
+    negatives = torch.einsum("bd,dk->bk", query, queue.float())  # [B, K]
+    return torch.cat([positive, negatives], dim=1) / temperature
+
+
+def info_nce_loss(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of MoCo logits with target 0, and the top-1 accuracy (fraction in [0, 1]).
+
+    Args:
+        logits: ``[B, 1 + K]`` logits from :func:`info_nce_logits`.
+
+    Returns:
+        ``(loss, accuracy)``, two scalar float32 tensors.
+    """
+    targets = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    loss = F.cross_entropy(logits.float(), targets)
+    accuracy = (logits.argmax(dim=1) == 0).float().mean()
+    return loss, accuracy
+
+
+def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BYOL regression loss ``2 - 2 cos(prediction, target)``, averaged over rows.
+
+    Args:
+        prediction: ``[N, D]`` predictor outputs (query side).
+        target: ``[N, D]`` key-side projections (no gradient expected).
+
+    Returns:
+        Scalar float32 loss; for ``N == 0`` the caller must not call this (the mean would be NaN).
+    """
+    prediction = F.normalize(prediction.float(), dim=1)
+    target = F.normalize(target.float(), dim=1)
+    return (2.0 - 2.0 * (prediction * target).sum(dim=1)).mean()
+
+
+@torch.no_grad()
+def enqueue(queues: list[torch.Tensor], keys: list[torch.Tensor], pointer: torch.Tensor) -> None:
+    """Write each ``keys[i]`` into ``queues[i]`` at the shared ``pointer``, wrapping around, in place.
+
+    Args:
+        queues: ``[D, K]`` float buffers sharing one pointer (DI3CL: the global and the contour queue).
+        keys: ``[N, D]`` new keys for each queue, ``N <= K`` (cast to the queue's dtype, fp32 in DI3CL).
+        pointer: ``[1]`` long buffer, the next column to write; advanced by ``N`` modulo ``K``.
+    """
+    queue_size = queues[0].shape[1]
+    num_keys = keys[0].shape[0]
+    if num_keys > queue_size:
+        raise ValueError(
+            f"enqueue: {num_keys} keys do not fit a queue of {queue_size} columns; raise queue_size"
+        )
+    start = int(pointer.item())
+    columns = (torch.arange(num_keys, device=pointer.device) + start) % queue_size
+    for queue, new_keys in zip(queues, keys, strict=True):
+        queue.index_copy_(1, columns.to(queue.device), new_keys.detach().to(queue.dtype).t())
+    pointer[0] = (start + num_keys) % queue_size
+
+
+@torch.no_grad()
+def momentum_update(
+    key_tensors: list[torch.Tensor], query_tensors: list[torch.Tensor], momentum: float
+) -> None:
+    """In-place EMA ``key = momentum * key + (1 - momentum) * query`` over matching lists of tensors."""
+    if not key_tensors:
+        return
+    torch._foreach_mul_(key_tensors, momentum)
+    torch._foreach_add_(key_tensors, query_tensors, alpha=1.0 - momentum)
+
+
+def adapt_input_conv_weight(weight: torch.Tensor, num_channels: int) -> torch.Tensor:
+    """Adapt a first-conv kernel ``[O, I, kh, kw]`` to ``num_channels`` input channels (timm's rule).
+
+    1 channel: the kernels are summed over the input channels; other counts: the kernels are repeated and rescaled
+    by ``I / num_channels`` so that the output scale is kept. Wraps :func:`timm.models.adapt_input_conv`.
+    """
+    from timm.models import adapt_input_conv
+
+    return adapt_input_conv(num_channels, weight)
+
+
+__all__ = [
+    "BatchNorm2dWithSingleValueFallback",
+    "BatchNormWithSingleValueFallback",
+    "ProjectionHead",
+    "adapt_input_conv_weight",
+    "enqueue",
+    "info_nce_logits",
+    "info_nce_loss",
+    "momentum_update",
+    "regression_loss",
+]
