@@ -1,0 +1,688 @@
+"""Reading and writing SAR rasters with rasterio.
+
+Every reader returns a :class:`SARRaster`: the pixel array as ``[C, H, W]`` in the *source* dtype
+(float32/float64 backscatter, int16/uint16/uint8 digital numbers, complex64 for single-look complex
+data; GDAL's ``CInt16`` is read as complex64, which holds it exactly), a boolean validity mask
+``[H, W]`` built from the nodata value, NaN/inf values and the dataset's own mask band, and the
+georeferencing (CRS and affine transform) when the file has one.
+
+Supported inputs: GeoTIFF/TIFF (any band layout of 1 or 2 bands, e.g. VV or VV+VH), PNG/JPG
+(8-bit quick-looks; RGB(A) is reduced to one grey band, alpha becomes the validity mask) and NumPy
+``.npy`` arrays (``[H, W]``, ``[C, H, W]`` or ``[H, W, C]`` with C in 1 or 2).
+
+Problems with the *content* of a file (unreadable, empty, truncated, wrong band count, wrong array
+shape) raise :class:`SARFileError`, a :class:`ValueError` whose message starts with the file path.
+A missing file raises :class:`FileNotFoundError`.
+
+Large scenes are read window by window through :func:`open_scene`; GeoTIFFs are written atomically
+(temporary file in the target directory, then :func:`os.replace`) by :func:`write_geotiff`, or window
+by window through :func:`create_geotiff`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".gtif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+NPY_SUFFIXES = (".npy",)
+SUPPORTED_SUFFIXES = TIFF_SUFFIXES + IMAGE_SUFFIXES + NPY_SUFFIXES
+MAX_BANDS = 2
+
+WindowLike = Window | tuple[int, int, int, int]
+
+
+class SARFileError(ValueError):
+    """A SAR file that cannot be used: unreadable, empty, truncated or of an unsupported layout.
+
+    The message always starts with the offending file path.
+    """
+
+
+@dataclass
+class SARRaster:
+    """A SAR raster (or a window of one) read from disk.
+
+    Attributes:
+        array: Pixel values ``[C, H, W]`` in the source dtype (C is 1 or 2, e.g. VV or VV+VH).
+        valid_mask: Boolean ``[H, W]``; ``False`` where any band is nodata, NaN/inf or masked.
+        crs: Coordinate reference system, or ``None`` for files without georeferencing.
+        transform: Affine pixel-to-CRS transform of ``array`` (of the window when one was read),
+            or ``None`` without georeferencing.
+        nodata: The file's nodata value, or ``None``.
+        path: The file the raster was read from.
+        band_names: Band descriptions from the file (e.g. ``("VV", "VH")``); ``None`` entries when unset.
+    """
+
+    array: np.ndarray
+    valid_mask: np.ndarray
+    crs: CRS | None
+    transform: Affine | None
+    nodata: float | None
+    path: Path
+    band_names: tuple[str | None, ...] = ()
+
+    @property
+    def num_bands(self) -> int:
+        """Number of bands (polarisations)."""
+        return int(self.array.shape[0])
+
+    @property
+    def height(self) -> int:
+        """Height in pixels."""
+        return int(self.array.shape[1])
+
+    @property
+    def width(self) -> int:
+        """Width in pixels."""
+        return int(self.array.shape[2])
+
+
+def _error(path: Path | str, message: str) -> SARFileError:
+    return SARFileError(f"{path}: {message}")
+
+
+def _as_window(window: WindowLike | None) -> Window | None:
+    if window is None or isinstance(window, Window):
+        return window
+    if len(window) != 4:
+        raise ValueError(
+            f"window must be a rasterio Window or (row_off, col_off, height, width), got {window!r}"
+        )
+    row_off, col_off, height, width = (int(v) for v in window)
+    return Window(col_off, row_off, width, height)
+
+
+def _check_bands(path: Path, count: int, bands: Sequence[int] | None) -> list[int]:
+    """Return the 1-based band indexes to read, validating the band count."""
+    if bands is None:
+        if count == 0:
+            raise _error(path, "no bands, expected 1 or 2 (VV, VH)")
+        if count > MAX_BANDS:
+            raise _error(path, f"{count} bands, expected 1 or 2 (VV, VH); pass bands=(1, 2) to pick two")
+        return list(range(1, count + 1))
+    bands = [int(b) for b in bands]
+    if not 1 <= len(bands) <= MAX_BANDS:
+        raise _error(path, f"{len(bands)} bands requested, expected 1 or 2 (VV, VH)")
+    bad = [b for b in bands if not 1 <= b <= count]
+    if bad:
+        raise _error(path, f"band(s) {bad} requested but the file has {count} band(s) (1-based indexes)")
+    return bands
+
+
+def _finite_mask(array: np.ndarray) -> np.ndarray:
+    if np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating):
+        return np.isfinite(array).all(axis=0)
+    return np.ones(array.shape[1:], dtype=bool)
+
+
+def _nodata_mask(array: np.ndarray, nodata: float | None) -> np.ndarray:
+    if nodata is None or (isinstance(nodata, float) and np.isnan(nodata)):
+        return np.ones(array.shape[1:], dtype=bool)
+    return (array != np.asarray(nodata).astype(array.dtype)).all(axis=0)
+
+
+def _window_in_bounds(path: Path, window: Window, height: int, width: int) -> None:
+    if window.width <= 0 or window.height <= 0:
+        raise _error(path, f"empty window {window}")
+    if (
+        window.row_off < 0
+        or window.col_off < 0
+        or window.row_off + window.height > height
+        or window.col_off + window.width > width
+    ):
+        raise _error(
+            path,
+            f"window (row_off={window.row_off}, col_off={window.col_off}, height={window.height}, "
+            f"width={window.width}) outside the {height}x{width} raster; pass boundless=True to pad",
+        )
+
+
+class SARScene:
+    """An open SAR file for window-by-window reads of large scenes; use :func:`open_scene`.
+
+    Attributes:
+        path: The file.
+        height: Rows of the full scene.
+        width: Columns of the full scene.
+        count: Number of bands in the file.
+        dtype: Source dtype of the pixels (as numpy reads them).
+        crs: Coordinate reference system or ``None``.
+        transform: Affine transform of the full scene or ``None``.
+        nodata: Nodata value or ``None``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise _error(self.path, "is a directory, expected a SAR raster file")
+        if self.path.stat().st_size == 0:
+            raise _error(self.path, "empty file (0 bytes)")
+        self._dataset: Any = None
+        self._array: np.ndarray | None = None
+        suffix = self.path.suffix.lower()
+        if suffix in NPY_SUFFIXES:
+            self._open_npy()
+        else:
+            self._open_rasterio()
+
+    # -- opening -----------------------------------------------------------------------------------
+    def _open_npy(self) -> None:
+        try:
+            array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise _error(self.path, f"unreadable or truncated .npy file ({error})") from error
+        if array.ndim == 2:
+            array = array[None]
+        elif array.ndim == 3:
+            if array.shape[0] <= MAX_BANDS:
+                pass
+            elif array.shape[-1] <= MAX_BANDS:
+                array = np.moveaxis(array, -1, 0)
+            else:
+                raise _error(
+                    self.path,
+                    f"array shape {tuple(array.shape)}, expected [H, W], [C, H, W] or [H, W, C] with C in 1 or 2 (VV, VH)",
+                )
+        else:
+            raise _error(
+                self.path,
+                f"array shape {tuple(array.shape)}, expected [H, W], [C, H, W] or [H, W, C] with C in 1 or 2",
+            )
+        if array.dtype.kind not in "fciub":
+            raise _error(self.path, f"array dtype {array.dtype}, expected a numeric dtype")
+        if 0 in array.shape:
+            raise _error(self.path, f"empty array of shape {tuple(array.shape)}")
+        self._array = array
+        self.count = int(array.shape[0])
+        self.height = int(array.shape[1])
+        self.width = int(array.shape[2])
+        self.dtype = np.dtype(array.dtype)
+        self.crs = None
+        self.transform = None
+        self.nodata = None
+        self.band_names: tuple[str | None, ...] = (None,) * self.count
+
+    def _open_rasterio(self) -> None:
+        try:
+            self._dataset = rasterio.open(self.path)
+        except RasterioError as error:
+            raise _error(self.path, f"unreadable as a raster ({error})") from error
+        ds = self._dataset
+        self.count = int(ds.count)
+        self.height = int(ds.height)
+        self.width = int(ds.width)
+        if self.count == 0 or self.height == 0 or self.width == 0:
+            self.close()
+            raise _error(self.path, f"empty raster ({self.count} bands, {self.height}x{self.width})")
+        dtype = ds.dtypes[0]
+        self.dtype = np.dtype("complex64") if dtype == "complex_int16" else np.dtype(dtype)
+        self.crs = ds.crs
+        georeferenced = ds.crs is not None or ds.transform != Affine.identity()
+        self.transform = ds.transform if georeferenced else None
+        self.nodata = ds.nodata
+        self.band_names = tuple(ds.descriptions)
+        self._is_photo = self.path.suffix.lower() in IMAGE_SUFFIXES or ds.driver in ("PNG", "JPEG")
+
+    # -- reading -----------------------------------------------------------------------------------
+    def read(
+        self, window: WindowLike | None = None, bands: Sequence[int] | None = None, boundless: bool = False
+    ) -> SARRaster:
+        """Read the whole scene or a window of it.
+
+        Args:
+            window: A :class:`rasterio.windows.Window` or ``(row_off, col_off, height, width)``;
+                ``None`` reads everything.
+            bands: 1-based band indexes to read (at most 2); ``None`` reads all bands and requires
+                the file to have 1 or 2.
+            boundless: Allow windows that extend past the scene; the outside is filled with the
+                nodata value (or 0) and marked invalid.
+
+        Returns:
+            The :class:`SARRaster` of the window.
+
+        Raises:
+            SARFileError: Wrong band count, a window outside the scene, or unreadable/truncated data.
+        """
+        win = _as_window(window)
+        if win is not None:
+            win = Window(
+                int(round(win.col_off)),
+                int(round(win.row_off)),
+                int(round(win.width)),
+                int(round(win.height)),
+            )
+            if not boundless:
+                _window_in_bounds(self.path, win, self.height, self.width)
+        if self._array is not None:
+            return self._read_npy(win, bands)
+        return self._read_rasterio(win, bands, boundless)
+
+    def _read_npy(self, window: Window | None, bands: Sequence[int] | None) -> SARRaster:
+        indexes = [b - 1 for b in _check_bands(self.path, self.count, bands)]
+        assert self._array is not None
+        if window is None:
+            rows, cols = slice(0, self.height), slice(0, self.width)
+        else:
+            rows = slice(window.row_off, window.row_off + window.height)
+            cols = slice(window.col_off, window.col_off + window.width)
+        try:
+            array = np.array(self._array[indexes, rows, cols])
+        except (ValueError, OSError) as error:
+            raise _error(self.path, f"truncated or unreadable data ({error})") from error
+        if window is not None and array.shape[1:] != (window.height, window.width):
+            # boundless read of an array: pad with zeros, mark invalid.
+            padded = np.zeros((array.shape[0], window.height, window.width), dtype=array.dtype)
+            valid = np.zeros((window.height, window.width), dtype=bool)
+            r0, c0 = max(0, -window.row_off), max(0, -window.col_off)
+            src = np.array(
+                self._array[
+                    indexes,
+                    max(0, window.row_off) : window.row_off + window.height,
+                    max(0, window.col_off) : window.col_off + window.width,
+                ]
+            )
+            padded[:, r0 : r0 + src.shape[1], c0 : c0 + src.shape[2]] = src
+            valid[r0 : r0 + src.shape[1], c0 : c0 + src.shape[2]] = _finite_mask(src)
+            return SARRaster(padded, valid, None, None, None, self.path, (None,) * len(indexes))
+        return SARRaster(array, _finite_mask(array), None, None, None, self.path, (None,) * len(indexes))
+
+    def _read_rasterio(
+        self, window: Window | None, bands: Sequence[int] | None, boundless: bool
+    ) -> SARRaster:
+        ds = self._dataset
+        if self._is_photo and bands is None and self.count in (3, 4):
+            return self._read_photo(window, boundless)
+        indexes = _check_bands(self.path, self.count, bands)
+        fill = self.nodata if self.nodata is not None else 0
+        try:
+            if self.dtype == np.complex64 and ds.dtypes[0] == "complex_int16":
+                array = ds.read(
+                    indexes, window=window, boundless=boundless, fill_value=fill, out_dtype="complex64"
+                )
+            else:
+                array = ds.read(indexes, window=window, boundless=boundless, fill_value=fill)
+            masks = ds.read_masks(indexes, window=window, boundless=boundless)
+        except RasterioError as error:
+            raise _error(self.path, f"truncated or unreadable pixel data ({error})") from error
+        valid = (masks > 0).all(axis=0) & _finite_mask(array) & _nodata_mask(array, self.nodata)
+        if boundless and window is not None:
+            valid &= _inside_mask(window, self.height, self.width)
+        transform = None
+        if self.transform is not None:
+            transform = ds.window_transform(window) if window is not None else ds.transform
+        names = tuple(self.band_names[i - 1] for i in indexes)
+        return SARRaster(array, valid, self.crs, transform, self.nodata, self.path, names)
+
+    def _read_photo(self, window: Window | None, boundless: bool) -> SARRaster:
+        """8-bit RGB(A) quick-look: one grey band (exact when R == G == B), alpha -> validity."""
+        ds = self._dataset
+        try:
+            rgba = ds.read(window=window, boundless=boundless, fill_value=0)
+        except RasterioError as error:
+            raise _error(self.path, f"truncated or unreadable pixel data ({error})") from error
+        rgb = rgba[:3]
+        if (rgb[0] == rgb[1]).all() and (rgb[0] == rgb[2]).all():
+            grey = rgb[:1].copy()
+        else:
+            grey = np.rint(rgb.astype(np.float32).mean(axis=0, keepdims=True)).astype(rgba.dtype)
+        valid = rgba[3] > 0 if self.count == 4 else np.ones(grey.shape[1:], dtype=bool)
+        if boundless and window is not None:
+            valid &= _inside_mask(window, self.height, self.width)
+        return SARRaster(grey, valid, None, None, None, self.path, ("grey",))
+
+    def windows(self, size: int | tuple[int, int], overlap: int = 0) -> Iterator[Window]:
+        """Windows of ``size`` covering the scene row by row (edge windows are clipped to the scene).
+
+        Args:
+            size: Window height and width (an int for squares).
+            overlap: Pixels shared by neighbouring windows.
+        """
+        height, width = (size, size) if isinstance(size, int) else size
+        if height <= overlap or width <= overlap:
+            raise ValueError(f"window size {size} must exceed the overlap {overlap}")
+        for row in range(0, self.height, height - overlap):
+            for col in range(0, self.width, width - overlap):
+                yield Window(col, row, min(width, self.width - col), min(height, self.height - row))
+                if col + width >= self.width:
+                    break
+            if row + height >= self.height:
+                break
+
+    def close(self) -> None:
+        """Close the underlying file."""
+        if self._dataset is not None:
+            self._dataset.close()
+            self._dataset = None
+        self._array = None
+
+    def __enter__(self) -> SARScene:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SARScene({str(self.path)!r}, bands={self.count}, {self.height}x{self.width}, dtype={self.dtype}, crs={self.crs})"
+
+
+def _inside_mask(window: Window, height: int, width: int) -> np.ndarray:
+    rows = np.arange(window.row_off, window.row_off + window.height)
+    cols = np.arange(window.col_off, window.col_off + window.width)
+    return ((rows >= 0) & (rows < height))[:, None] & ((cols >= 0) & (cols < width))[None, :]
+
+
+def open_scene(path: str | os.PathLike[str]) -> SARScene:
+    """Open a (possibly huge) SAR file for window-by-window reads.
+
+    Example:
+        >>> with open_scene("scene.tif") as scene:  # doctest: +SKIP
+        ...     for window in scene.windows(1024):
+        ...         tile = scene.read(window)
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        SARFileError: The file is empty or unreadable.
+    """
+    return SARScene(path)
+
+
+def read_sar(
+    path: str | os.PathLike[str],
+    window: WindowLike | None = None,
+    bands: Sequence[int] | None = None,
+    boundless: bool = False,
+) -> SARRaster:
+    """Read a SAR file (GeoTIFF/TIFF, PNG/JPG or ``.npy``) or a window of it.
+
+    Args:
+        path: The file.
+        window: A :class:`rasterio.windows.Window` or ``(row_off, col_off, height, width)``.
+        bands: 1-based band indexes (at most 2); ``None`` reads all and requires 1 or 2 bands.
+        boundless: Allow windows past the raster edge (padding is marked invalid).
+
+    Returns:
+        A :class:`SARRaster` with ``array`` ``[C, H, W]`` in the source dtype.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        SARFileError: Unreadable, empty or truncated file, unsupported band count or array shape.
+    """
+    with SARScene(path) as scene:
+        return scene.read(window=window, bands=bands, boundless=boundless)
+
+
+# -- writing ---------------------------------------------------------------------------------------
+def _gdal_dtype(dtype: np.dtype) -> str:
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return "uint8"
+    if dtype == np.complex128:
+        return "complex128"
+    return dtype.name
+
+
+def _profile(
+    count: int,
+    height: int,
+    width: int,
+    dtype: np.dtype,
+    crs: CRS | str | None,
+    transform: Affine | None,
+    nodata: float | None,
+    compress: str | None,
+    blocksize: int,
+) -> dict[str, Any]:
+    dtype_name = _gdal_dtype(dtype)
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "count": count,
+        "height": height,
+        "width": width,
+        "dtype": dtype_name,
+        "crs": CRS.from_user_input(crs) if crs is not None else None,
+        "transform": transform if transform is not None else Affine.identity(),
+        "nodata": nodata,
+        "BIGTIFF": "IF_SAFER",
+    }
+    tiled = height >= 16 and width >= 16
+    if tiled:
+        block = max(16, min(blocksize, 1 << (max(height, width) - 1).bit_length()) // 16 * 16)
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    if compress:
+        profile["compress"] = compress
+        kind = np.dtype(dtype).kind
+        if compress.lower() in ("deflate", "lzw", "zstd"):
+            if kind == "f":
+                profile["predictor"] = 3
+            elif kind in "iu" and np.dtype(dtype).itemsize > 1:
+                profile["predictor"] = 2
+    return profile
+
+
+def _temp_path(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.tif", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp creates 0600; give the final file the usual mode
+    return Path(name)
+
+
+class GeoTIFFWriter:
+    """Write a GeoTIFF window by window, atomically; use :func:`create_geotiff`.
+
+    Pixels go to a temporary file in the target directory; :meth:`close` (or leaving the ``with``
+    block without an exception) moves it into place with :func:`os.replace` (after converting it to a
+    Cloud-Optimized GeoTIFF when ``cog=True``). On an exception the temporary file is removed and
+    the target is left untouched.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        height: int,
+        width: int,
+        count: int = 1,
+        dtype: np.dtype | str = "float32",
+        crs: CRS | str | None = None,
+        transform: Affine | None = None,
+        nodata: float | None = None,
+        compress: str | None = "deflate",
+        blocksize: int = 256,
+        cog: bool = False,
+        band_names: Sequence[str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.cog = cog
+        self.compress = compress
+        self._tmp = _temp_path(self.path)
+        profile = _profile(count, height, width, np.dtype(dtype), crs, transform, nodata, compress, blocksize)
+        try:
+            self._dataset = rasterio.open(self._tmp, "w", **profile)
+            if band_names is not None:
+                for index, name in enumerate(band_names, start=1):
+                    self._dataset.set_band_description(index, name)
+        except Exception:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        self._closed = False
+
+    def write(self, array: np.ndarray, window: WindowLike | None = None) -> None:
+        """Write ``array`` (``[C, h, w]`` or ``[h, w]``) at ``window`` (``None``: the whole raster)."""
+        array = np.asarray(array)
+        if array.ndim == 2:
+            array = array[None]
+        if array.dtype == np.bool_:
+            array = array.astype(np.uint8)
+        self._dataset.write(array, window=_as_window(window))
+
+    def close(self) -> None:
+        """Finish the file and move it into place."""
+        if self._closed:
+            return
+        self._closed = True
+        self._dataset.close()
+        try:
+            if self.cog:
+                cog_tmp = _temp_path(self.path)
+                try:
+                    options = {"COMPRESS": self.compress.upper()} if self.compress else {}
+                    rasterio.shutil.copy(self._tmp, cog_tmp, driver="COG", BIGTIFF="IF_SAFER", **options)
+                    os.replace(cog_tmp, self.path)
+                finally:
+                    cog_tmp.unlink(missing_ok=True)
+            else:
+                os.replace(self._tmp, self.path)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        if not self._closed:
+            self._closed = True
+            self._dataset.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> GeoTIFFWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def create_geotiff(
+    path: str | os.PathLike[str],
+    height: int,
+    width: int,
+    count: int = 1,
+    dtype: np.dtype | str = "float32",
+    crs: CRS | str | None = None,
+    transform: Affine | None = None,
+    nodata: float | None = None,
+    compress: str | None = "deflate",
+    blocksize: int = 256,
+    cog: bool = False,
+    band_names: Sequence[str] | None = None,
+) -> GeoTIFFWriter:
+    """Start an atomic, tiled, compressed GeoTIFF to be written window by window.
+
+    Example:
+        >>> with create_geotiff("mask.tif", 20000, 20000, dtype="uint8", crs=crs, transform=t) as out:  # doctest: +SKIP
+        ...     out.write(tile, window)
+
+    Args:
+        path: Target file; it appears only once the writer is closed successfully.
+        height: Rows.
+        width: Columns.
+        count: Bands.
+        dtype: Pixel dtype (bool is written as uint8; complex64 as CFloat32).
+        crs: Coordinate reference system (anything :meth:`rasterio.crs.CRS.from_user_input` takes).
+        transform: Affine transform; ``None`` writes an ungeoreferenced file.
+        nodata: Nodata value.
+        compress: GDAL compression ("deflate", "lzw", "zstd", ... or ``None``).
+        blocksize: Tile size (multiple of 16; shrunk for small rasters).
+        cog: Convert to a Cloud-Optimized GeoTIFF (GDAL's COG driver) on close.
+        band_names: Band descriptions, e.g. ``("VV", "VH")``.
+    """
+    return GeoTIFFWriter(
+        path, height, width, count, dtype, crs, transform, nodata, compress, blocksize, cog, band_names
+    )
+
+
+def write_geotiff(
+    path: str | os.PathLike[str],
+    array: np.ndarray,
+    crs: CRS | str | None = None,
+    transform: Affine | None = None,
+    nodata: float | None = None,
+    *,
+    compress: str | None = "deflate",
+    blocksize: int = 256,
+    cog: bool = False,
+    band_names: Sequence[str] | None = None,
+) -> Path:
+    """Write ``array`` (``[C, H, W]`` or ``[H, W]``) as a tiled, compressed GeoTIFF, atomically.
+
+    Args:
+        path: Target file (parent directories are created).
+        array: Pixels; float32/float64, (u)int8/16/32, complex64 or bool (written as uint8).
+        crs: Coordinate reference system (EPSG code string, WKT, :class:`~rasterio.crs.CRS`).
+        transform: Affine transform; ``None`` writes an ungeoreferenced file.
+        nodata: Nodata value stored in the file.
+        compress: GDAL compression, ``None`` for none.
+        blocksize: Tile size.
+        cog: Write a Cloud-Optimized GeoTIFF (GDAL's COG driver, with overviews).
+        band_names: Band descriptions, e.g. ``("VV", "VH")``.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or 0 in array.shape:
+        raise ValueError(f"{path}: array of shape {array.shape}, expected non-empty [H, W] or [C, H, W]")
+    with create_geotiff(
+        path,
+        array.shape[1],
+        array.shape[2],
+        array.shape[0],
+        array.dtype,
+        crs,
+        transform,
+        nodata,
+        compress,
+        blocksize,
+        cog,
+        band_names,
+    ) as writer:
+        writer.write(array)
+    return Path(path)
+
+
+def list_sar_files(root: str | os.PathLike[str]) -> list[Path]:
+    """All files under ``root`` (recursively) with a supported suffix, sorted, hidden files skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory")
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in SUPPORTED_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+__all__ = [
+    "GeoTIFFWriter",
+    "SARFileError",
+    "SARRaster",
+    "SARScene",
+    "SUPPORTED_SUFFIXES",
+    "create_geotiff",
+    "list_sar_files",
+    "open_scene",
+    "read_sar",
+    "write_geotiff",
+]
