@@ -137,19 +137,15 @@ class ViewGeometry:
 
 def geometries_to_tensor(geometries: Sequence[ViewGeometry | torch.Tensor | dict]) -> torch.Tensor:
     """Stack geometries (ViewGeometry, dict or [9] tensor) into a float64 tensor [B, 9]."""
-    rows = []
+    rows: list[list[float]] = []
     for geometry in geometries:
         if isinstance(geometry, ViewGeometry):
-            rows.append(geometry.to_tensor())
+            rows.append([float(getattr(geometry, name)) for name in GEOMETRY_FIELDS])
         elif isinstance(geometry, dict):
-            rows.append(
-                torch.tensor([float(geometry[name]) for name in GEOMETRY_FIELDS], dtype=torch.float64)
-            )
+            rows.append([float(geometry[name]) for name in GEOMETRY_FIELDS])
         else:
-            rows.append(torch.as_tensor(geometry, dtype=torch.float64).reshape(len(GEOMETRY_FIELDS)))
-    if not rows:
-        return torch.zeros(0, len(GEOMETRY_FIELDS), dtype=torch.float64)
-    return torch.stack(rows)
+            rows.append(torch.as_tensor(geometry, dtype=torch.float64).reshape(len(GEOMETRY_FIELDS)).tolist())
+    return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), len(GEOMETRY_FIELDS))
 
 
 def _unpack(geometry: torch.Tensor) -> list[torch.Tensor]:
