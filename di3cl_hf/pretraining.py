@@ -42,6 +42,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,9 +327,8 @@ def load_pretraining_dataset(args: PretrainingArguments):
 
         if not Path(args.data_dir).is_dir():
             raise ValueError(f"{args.data_dir}: not a folder (expected a SARSense folder of SAR patches)")
-        dataset = load_sarsense(args.data_dir)
-        if args.streaming:
-            dataset = dataset.to_iterable_dataset(num_shards=max(1, min(64, len(dataset))))
+        # Raw storage columns: arrays are decoded per sample in the DataLoader workers (SampleFunction).
+        dataset = load_sarsense(args.data_dir, decode=False, streaming=args.streaming)
     elif args.data_files:
         files: list[str] = []
         for pattern in args.data_files:
@@ -353,7 +353,7 @@ def load_pretraining_dataset(args: PretrainingArguments):
     if columns:
         keep = [args.image_column] + [c for c in (args.valid_mask_column,) if c and c in columns]
         dataset = dataset.select_columns(keep)
-    return dataset.with_format("numpy")
+    return dataset
 
 
 class SampleFunction:
@@ -367,10 +367,21 @@ class SampleFunction:
         self.valid_mask_column = valid_mask_column
 
     def __call__(self, example: dict, seed: int) -> dict:
-        image = np.asarray(example[self.image_column])
-        valid = example.get(self.valid_mask_column) if self.valid_mask_column else None
+        image = _decode(example[self.image_column])
+        valid = _decode(example.get(self.valid_mask_column)) if self.valid_mask_column else None
         with seeded_rng(seed):
-            return self.transform(image, None if valid is None else np.asarray(valid, dtype=bool))
+            return self.transform(image, None if valid is None else valid.astype(bool, copy=False))
+
+
+def _decode(value: Any) -> np.ndarray | None:
+    """A stored array: SARSense / ``export_parquet`` rows hold ``{"bytes", "dtype", "shape"}``, others arrays."""
+    from .data import decode_array
+
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return decode_array(value)
+    return np.asarray(value)
 
 
 class SeededCollator:
@@ -1055,7 +1066,12 @@ def main(args: PretrainingArguments) -> int:
         if args.report_to in ("none", "")
         else [t.strip() for t in args.report_to.split(",") if t.strip()]
     )
+    # `accelerate launch --multi_gpu` on a machine without GPUs starts N processes, but Accelerate only builds a
+    # gloo process group (MULTI_CPU) when told to use the CPU; otherwise every process would train alone.
+    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
+    run_on_cpu = probe_device.type == "cpu" and launched_world > 1
     accelerator = Accelerator(
+        cpu=run_on_cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=log_with,
@@ -1117,7 +1133,13 @@ def main(args: PretrainingArguments) -> int:
     learning_rate = scaled_learning_rate(args, global_batch)
     optimizer = build_optimizer(model, args, learning_rate)
     scheduler = build_scheduler(optimizer, args, total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    with warnings.catch_warnings():
+        # torch >= 2.14 suggests forward_sync_buffers, which Accelerate's DDP kwargs do not expose yet; the
+        # behaviour wanted (no per-step buffer broadcast) is the same.
+        warnings.filterwarnings(
+            "ignore", message=".*broadcast_buffers. is deprecated", category=FutureWarning
+        )
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     state = TrainerState()
     state.num_processes = world
@@ -1269,6 +1291,13 @@ def main(args: PretrainingArguments) -> int:
                 if log_with:
                     accelerator.log(
                         {f"train/{k}": v for k, v in last_metrics.items()}, step=state.global_step
+                    )
+                if progress.disable and accelerator.is_main_process:  # plain log lines for batch jobs
+                    logger.info(
+                        "step %d/%d %s",
+                        state.global_step,
+                        total_steps,
+                        " ".join(f"{k}={v:.4g}" for k, v in last_metrics.items()),
                     )
                 interval_sums.zero_()
                 interval_count = 0
