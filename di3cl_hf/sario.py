@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".gtif")
@@ -220,7 +221,11 @@ class SARScene:
 
     def _open_rasterio(self) -> None:
         try:
-            self._dataset = rasterio.open(self.path)
+            with warnings.catch_warnings():
+                warnings.simplefilter(
+                    "ignore", NotGeoreferencedWarning
+                )  # PNG/JPG/.tif without georeferencing
+                self._dataset = rasterio.open(self.path)
         except RasterioError as error:
             raise _error(self.path, f"unreadable as a raster ({error})") from error
         ds = self._dataset
@@ -309,14 +314,14 @@ class SARScene:
         if self._is_photo and bands is None and self.count in (3, 4):
             return self._read_photo(window, boundless)
         indexes = _check_bands(self.path, self.count, bands)
-        fill = self.nodata if self.nodata is not None else 0
+        # fill_value only when padding: rasterio also writes it into masked pixels, altering the data
+        options: dict[str, Any] = {}
+        if boundless:
+            options = {"boundless": True, "fill_value": self.nodata if self.nodata is not None else 0}
+        if ds.dtypes[0] == "complex_int16":
+            options["out_dtype"] = "complex64"
         try:
-            if self.dtype == np.complex64 and ds.dtypes[0] == "complex_int16":
-                array = ds.read(
-                    indexes, window=window, boundless=boundless, fill_value=fill, out_dtype="complex64"
-                )
-            else:
-                array = ds.read(indexes, window=window, boundless=boundless, fill_value=fill)
+            array = ds.read(indexes, window=window, **options)
             masks = ds.read_masks(indexes, window=window, boundless=boundless)
         except RasterioError as error:
             raise _error(self.path, f"truncated or unreadable pixel data ({error})") from error
@@ -333,7 +338,7 @@ class SARScene:
         """8-bit RGB(A) quick-look: one grey band (exact when R == G == B), alpha -> validity."""
         ds = self._dataset
         try:
-            rgba = ds.read(window=window, boundless=boundless, fill_value=0)
+            rgba = ds.read(window=window, **({"boundless": True, "fill_value": 0} if boundless else {}))
         except RasterioError as error:
             raise _error(self.path, f"truncated or unreadable pixel data ({error})") from error
         rgb = rgba[:3]
@@ -515,7 +520,9 @@ class GeoTIFFWriter:
         self._tmp = _temp_path(self.path)
         profile = _profile(count, height, width, np.dtype(dtype), crs, transform, nodata, compress, blocksize)
         try:
-            self._dataset = rasterio.open(self._tmp, "w", **profile)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._dataset = rasterio.open(self._tmp, "w", **profile)
             if band_names is not None:
                 for index, name in enumerate(band_names, start=1):
                     self._dataset.set_band_description(index, name)

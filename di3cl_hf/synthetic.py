@@ -150,8 +150,12 @@ def _hash_uniform(seed: int, channel: int, *coords: np.ndarray) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def _interp_matrix(start: int, length: int, cell: float) -> tuple[np.ndarray, int]:
-    """Catmull-Rom weights [length, nodes] from lattice nodes (first node index returned) to pixels."""
+def _catmull_rom(start: int, length: int, cell: float) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Catmull-Rom interpolation from lattice nodes to pixels ``start .. start+length-1``.
+
+    Returns ``(node_index [length, 4] relative to the first node, weights [length, 4], first node,
+    number of nodes)``.
+    """
     t = (np.arange(start, start + length) + 0.5) / cell
     base = np.floor(t).astype(np.int64)
     f = t - base
@@ -167,11 +171,8 @@ def _interp_matrix(start: int, length: int, cell: float) -> tuple[np.ndarray, in
         ],
         axis=1,
     )
-    matrix = np.zeros((length, nodes), dtype=np.float64)
-    rows = np.arange(length)
-    for k in range(4):
-        matrix[rows, base - first - 1 + k] = weights[:, k]
-    return matrix, first
+    index = (base - first - 1)[:, None] + np.arange(4)[None, :]
+    return index, weights, first, nodes
 
 
 def value_noise(
@@ -181,12 +182,15 @@ def value_noise(
 
     The value at a pixel depends only on its global coordinates, so windows join seamlessly.
     """
-    wr, r0 = _interp_matrix(row0, height, cell)
-    wc, c0 = _interp_matrix(col0, width, cell)
-    iy = np.arange(r0, r0 + wr.shape[1])[:, None]
-    ix = np.arange(c0, c0 + wc.shape[1])[None, :]
-    lattice = 2.0 * _hash_uniform(seed, channel, iy, ix) - 1.0
-    return (wr @ lattice @ wc.T).astype(np.float32)
+    # separable interpolation as 4-tap gathers (no BLAS: its threads thrash on a busy machine)
+    ri, rw, r0, ny = _catmull_rom(row0, height, cell)
+    ci, cw, c0, nx = _catmull_rom(col0, width, cell)
+    iy = np.arange(r0, r0 + ny)[:, None]
+    ix = np.arange(c0, c0 + nx)[None, :]
+    lattice = 2.0 * _hash_uniform(seed, channel, iy, ix) - 1.0  # [ny, nx]
+    rows = sum(rw[:, k, None] * lattice[ri[:, k]] for k in range(4))  # [height, nx]
+    out = sum(cw[None, :, k] * rows[:, ci[:, k]] for k in range(4))  # [height, width]
+    return out.astype(np.float32)
 
 
 # -- layout (geometry of the whole scene, cheap to hold) -------------------------------------------------
