@@ -5,6 +5,9 @@ It speaks the endpoints that ``huggingface_hub`` 2.4 calls for ``create_repo`` +
 
 - ``POST /api/repos/create`` -> ``{"url": ...}`` (409 when the repo exists, which ``exist_ok=True``
   accepts);
+- ``POST /api/validate-yaml`` (``upload_folder`` sends a README.md's text before hashing) -> 400
+  with ``errors`` when the front matter is not a YAML mapping, a ``model-index`` does not parse, or
+  a Space card has no ``sdk``;
 - ``POST /api/{type}s/{org}/{name}/preupload/{revision}`` -> every file in ``"regular"`` upload
   mode, so the client sends the content inline (base64) in the commit instead of through LFS / Xet
   storage, which this server does not implement;
@@ -70,6 +73,7 @@ class FakeHub:
         self.repos: dict[tuple[str, str], FakeRepo] = {}
         self.requests: list[tuple[str, str]] = []
         self.errors: list[str] = []
+        self.validated_cards: list[tuple[str, str]] = []
         self.max_requests = max_requests
         self.max_seconds = max_seconds
         self._lock = threading.Lock()
@@ -178,6 +182,8 @@ class FakeHub:
     def _route(self, method: str, path: str, body: bytes) -> tuple[int, object]:
         if method == "POST" and path == "/api/repos/create":
             return self._create_repo(json.loads(body or b"{}"))
+        if method == "POST" and path == "/api/validate-yaml":
+            return self._validate_yaml(json.loads(body or b"{}"))
         match = _REPO_API.match(path)
         if match is None:
             self.errors.append(f"unsupported endpoint: {method} {path}")
@@ -221,6 +227,34 @@ class FakeHub:
         self.repos[(repo_type, repo_id)] = repo
         return 200, {"url": url, "name": repo_id}
 
+    def _validate_yaml(self, payload: dict) -> tuple[int, object]:
+        import yaml
+        from huggingface_hub.repocard_data import model_index_to_eval_results
+
+        content, repo_type = payload.get("content", ""), payload.get("repoType", "model")
+        self.validated_cards.append((repo_type, content))
+        match = re.match(r"^---\s*\n(.*?)\n---\s*\n", content, flags=re.DOTALL)
+        errors: list[str] = []
+        metadata: object = {}
+        if match is not None:
+            try:
+                metadata = yaml.safe_load(match.group(1)) or {}
+            except yaml.YAMLError as error:
+                errors.append(f"YAML: {error}")
+        if not errors and not isinstance(metadata, dict):
+            errors.append("metadata must be a YAML mapping")
+        elif not errors:
+            if "model-index" in metadata:
+                try:
+                    model_index_to_eval_results(metadata["model-index"])
+                except Exception as error:
+                    errors.append(f"model-index: {error!r}")
+            if repo_type == "space" and "sdk" not in metadata:
+                errors.append("a Space card needs an sdk")
+        if errors:
+            return 400, {"errors": [{"message": message} for message in errors], "warnings": []}
+        return 200, {"errors": [], "warnings": []}
+
     @staticmethod
     def _preupload(repo: FakeRepo, payload: dict) -> tuple[int, object]:
         files = payload.get("files")
@@ -228,7 +262,8 @@ class FakeHub:
             return 400, {"error": "preupload: expected a 'files' list"}
         return 200, {
             "files": [
-                {"path": item["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for item in files
+                {"path": item["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                for item in files
             ],
             "commitOid": repo.sha,
         }
