@@ -1,0 +1,181 @@
+"""The ``di3cl`` command line: ``--help`` of the whole tool, ``predict`` and ``embed`` (local folders, a Hub id
+resolved offline from the cache through the installed console script, errors)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from di3cl_hf import DI3CLConfig, DI3CLForSemanticSegmentation
+from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
+from di3cl_hf.inference import OUTPUT_NODATA, register_cli
+from di3cl_hf.sario import write_geotiff
+
+CRS = "EPSG:32631"
+TRANSFORM = from_origin(600000.0, 5000000.0, 20.0, 20.0)
+SCRIPT = Path(sys.executable).with_name("di3cl")
+
+
+def run(argv: list[str]) -> int:
+    """``di3cl <argv>`` through the parser ``inference.register_cli`` builds (the real command code path)."""
+    parser = argparse.ArgumentParser(prog="di3cl")
+    register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("water-model")
+    torch.manual_seed(0)
+    config = DI3CLConfig(
+        backbone="resnet18", num_channels=2, num_labels=2, decoder_hidden_size=16, auxiliary_channels=16,
+        id2label={0: "land", 1: "water"}, label2id={"land": 0, "water": 1},
+    )  # fmt: skip
+    DI3CLForSemanticSegmentation(config).eval().save_pretrained(folder)
+    DI3CLImageProcessor(num_channels=2, input_kind="db").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(0)
+    vv = np.where(np.arange(150)[:, None] < 70, -21.0, -7.0) + rng.normal(0, 1.5, (150, 170))
+    data = np.stack([vv, vv - 6]).astype(np.float32)
+    data[:, :12, :30] = -9999.0
+    path = tmp_path_factory.mktemp("scene") / "scene.tif"
+    write_geotiff(path, data, crs=CRS, transform=TRANSFORM, nodata=-9999.0)
+    return path
+
+
+def test_di3cl_help_lists_commands_and_sar_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from di3cl_hf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for command in (
+        "predict",
+        "embed",
+        "convert-original",
+        "push",
+        "export-timm",
+        "make-synthetic",
+        "export-parquet",
+    ):
+        assert command in text, f"`di3cl --help` does not list {command}"
+    for command in ("predict", "embed"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        for option in ("--input-kind", "--bands", "--nodata", "--db-range", "radiometry", "dn16", "VV, VH"):
+            assert option in text, f"`di3cl {command} --help` does not explain {option}"
+
+
+def test_predict_local_folder(
+    model_dir: Path, scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "water.tif"
+    code = run([
+        "predict", str(model_dir), str(scene), str(out), "--tile-size", "96", "--overlap", "16", "--quiet",
+    ])  # fmt: skip
+    assert code == 0 and "Mpx/s" in capsys.readouterr().out
+    with rasterio.open(out) as dst:
+        assert dst.crs.to_string() == CRS and dst.transform == TRANSFORM and dst.nodata == OUTPUT_NODATA
+        classes = dst.read(1)
+    assert (classes[:12, :30] == OUTPUT_NODATA).all()
+    assert np.isin(classes[12:], [0, 1]).all()
+
+
+def test_predict_probabilities_with_sar_options(model_dir: Path, scene: Path, tmp_path: Path) -> None:
+    out = tmp_path / "probabilities.tif"
+    code = run([
+        "predict", str(model_dir), str(scene), str(out), "--tile-size", "128", "--output-type", "probabilities",
+        "--bands", "1", "--input-kind", "db", "--db-range", "-25", "0", "--precision", "fp32", "--no-cog", "--quiet",
+    ])  # fmt: skip
+    assert code == 0
+    with rasterio.open(out) as dst:
+        assert dst.count == 2 and dst.descriptions == ("land", "water")
+        probabilities = dst.read().astype(int)
+    valid = probabilities[0] != OUTPUT_NODATA
+    assert np.abs(probabilities[:, valid].sum(axis=0) - 254).max() <= 1
+
+
+def test_predict_bad_arguments_give_clear_errors(model_dir: Path, scene: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no-such-org/no-such-model"):
+        run(
+            [
+                "predict",
+                "no-such-org/no-such-model",
+                str(scene),
+                str(tmp_path / "x.tif"),
+                "--local-files-only",
+            ]
+        )
+    with pytest.raises(ValueError, match="--db-range"):
+        run(["predict", str(model_dir), str(scene), str(tmp_path / "x.tif"), "--db-range", "5", "-30"])
+    with pytest.raises(FileNotFoundError, match="missing.tif"):
+        run(["predict", str(model_dir), str(tmp_path / "missing.tif"), str(tmp_path / "x.tif"), "--quiet"])
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_embed_folder_to_parquet_and_npy(model_dir: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    patches = tmp_path / "patches"
+    rng = np.random.default_rng(1)
+    for index in range(3):
+        write_geotiff(
+            patches / f"p{index}.tif",
+            rng.normal(-12, 3, (2, 64, 64)).astype(np.float32),
+            crs=CRS,
+            transform=TRANSFORM,
+        )
+    assert run(["embed", str(model_dir), str(patches), "-o", str(tmp_path / "f.parquet"), "--quiet"]) == 0
+    rows = pq.read_table(tmp_path / "f.parquet").to_pylist()
+    assert [Path(r["path"]).name for r in rows] == ["p0.tif", "p1.tif", "p2.tif"] and rows[0]["shape"] == [
+        512
+    ]
+    assert run(["embed", str(model_dir), str(patches / "p0.tif"), "-o", str(tmp_path / "d.npy"),
+                "--pooling", "dense", "--quiet"]) == 0  # fmt: skip
+    assert np.load(tmp_path / "d.npy").shape == (1, 512, 2, 2)
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason=f"console script {SCRIPT} not installed")
+def test_console_script_predicts_with_a_hub_id_from_the_offline_cache(
+    model_dir: Path, scene: Path, tmp_path: Path
+) -> None:
+    """`di3cl predict org/name ...` with HF_HUB_OFFLINE=1 resolves the id from a hand-built HF cache."""
+    hf_home = tmp_path / "hf-home"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = hf_home / "hub" / "models--sar-lab--di3cl-water-tiny"
+    shutil.copytree(model_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+    out = tmp_path / "hub-water.tif"
+    result = subprocess.run(
+        [str(SCRIPT), "predict", "sar-lab/di3cl-water-tiny", str(scene), str(out), "--tile-size", "128", "--quiet"],
+        env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with rasterio.open(out) as dst:
+        assert dst.crs.to_string() == CRS and dst.transform == TRANSFORM
+    missing = subprocess.run(
+        [str(SCRIPT), "predict", "sar-lab/not-cached", str(scene), str(tmp_path / "none.tif")],
+        env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "sar-lab/not-cached" in missing.stderr
+    assert not (tmp_path / "none.tif").exists()
