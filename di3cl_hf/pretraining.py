@@ -112,6 +112,9 @@ class PretrainingArguments:
             "help": "Radiometry of the stored arrays: auto, db, intensity, amplitude, dn8, dn16, complex."
         },
     )
+    dataset_cache_dir: str | None = field(
+        default=None, metadata={"help": "datasets cache folder (default: the Hugging Face datasets cache)."}
+    )
     shuffle_buffer_size: int = field(default=1000, metadata={"help": "Shuffle buffer of streamed datasets."})
     num_workers: int = field(default=2, metadata={"help": "DataLoader workers per process (views + boxes)."})
 
@@ -328,7 +331,9 @@ def load_pretraining_dataset(args: PretrainingArguments):
         if not Path(args.data_dir).is_dir():
             raise ValueError(f"{args.data_dir}: not a folder (expected a SARSense folder of SAR patches)")
         # Raw storage columns: arrays are decoded per sample in the DataLoader workers (SampleFunction).
-        dataset = load_sarsense(args.data_dir, decode=False, streaming=args.streaming)
+        dataset = load_sarsense(
+            args.data_dir, decode=False, streaming=args.streaming, cache_dir=args.dataset_cache_dir
+        )
     elif args.data_files:
         files: list[str] = []
         for pattern in args.data_files:
@@ -336,10 +341,20 @@ def load_pretraining_dataset(args: PretrainingArguments):
             files += [path for path in matches if Path(path).is_file()]
         if not files:
             raise ValueError(f"data_files {args.data_files}: no Parquet file found")
-        dataset = datasets.load_dataset("parquet", data_files=files, split="train", streaming=args.streaming)
+        dataset = datasets.load_dataset(
+            "parquet",
+            data_files=files,
+            split="train",
+            streaming=args.streaming,
+            cache_dir=args.dataset_cache_dir,
+        )
     elif args.dataset_name:
         dataset = datasets.load_dataset(
-            args.dataset_name, args.dataset_config_name, split=args.dataset_split, streaming=args.streaming
+            args.dataset_name,
+            args.dataset_config_name,
+            split=args.dataset_split,
+            streaming=args.streaming,
+            cache_dir=args.dataset_cache_dir,
         )
     else:
         raise ValueError(
