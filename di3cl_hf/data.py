@@ -40,6 +40,7 @@ import datasets
 import numpy as np
 from datasets import ClassLabel, Features, List, Value
 from datasets.builder import Key
+from datasets.exceptions import DatasetGenerationError
 
 from .sario import SARFileError, list_sar_files, open_scene, read_sar
 from .synthetic import LANDCOVER_CLASSES
@@ -220,7 +221,13 @@ class _ReportingBuilderMixin:
 
     def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102
         self._skip_report = _SkipReport()
-        super().download_and_prepare(*args, **kwargs)  # type: ignore[misc]
+        try:
+            super().download_and_prepare(*args, **kwargs)  # type: ignore[misc]
+        except DatasetGenerationError as error:
+            # datasets wraps what _generate_examples raised; surface our errors (they name the file)
+            if isinstance(error.__cause__, ValueError):
+                raise error.__cause__ from None
+            raise
         if self._skip_report.generated:
             self._skip_report.save(self._output_dir)  # type: ignore[attr-defined]
         else:
@@ -241,7 +248,13 @@ class _ReportingBuilderMixin:
     def _skip(self, path: str, error: Exception) -> None:
         if getattr(self, "_skip_report", None) is None:
             self._skip_report = _SkipReport()
-        self._skip_report.add(path, str(error))
+        reason = str(error)
+        self._skip_report.add(
+            path,
+            reason.split(": ", 1)[1]
+            if reason.startswith(f"{Path(self.config.data_dir) / path}: ")
+            else reason,
+        )  # type: ignore[attr-defined]
         logger.warning("skipping %s: %s", path, error)
 
 
@@ -992,10 +1005,7 @@ def dataset_card(
     )
     info = datasets.DatasetInfo(features=features)
     yaml_features = info._to_yaml_dict().get("features")
-    card_data.dataset_info = {
-        "features": yaml_features,
-        "splits": [{"name": s, "num_examples": n} for s, n in splits.items()],
-    }
+    card_data.dataset_info = {"features": yaml_features}
     columns = "\n".join(f"- `{name}`" for name in features)
     is_segmentation = "label" in features
     text = description or (
