@@ -1,0 +1,204 @@
+"""Fine-tuning: a 2-step run saves a model that the Auto classes and the pipeline reload exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from di3cl_hf.finetuning import (
+    EvaluationGridArguments,
+    FinetuneArguments,
+    SegmentationDataset,
+    configure_trainable,
+    evaluate_kmeans,
+    finetune,
+    grid_markdown,
+    plot_label_efficiency,
+)
+
+LANDCOVER = ["water", "wetland", "farmland", "forest", "meadow", "road", "village", "city", "ground", "other"]
+
+
+@pytest.fixture(scope="module")
+def segmentation_dir(tmp_path_factory):
+    from di3cl_hf.synthetic import generate_segmentation_sets
+
+    root = tmp_path_factory.mktemp("synthetic-seg")
+    generate_segmentation_sets(root, num_patches=6, size=64, seed=0, tasks=("landcover",))
+    return root
+
+
+@pytest.fixture(scope="module")
+def finetuned(segmentation_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("finetuned")
+    args = FinetuneArguments(
+        data_dir=str(segmentation_dir),
+        output_dir=str(output_dir),
+        task="landcover",
+        init="random",
+        backbone="resnet18",
+        crop_size=64,
+        batch_size=2,
+        max_steps=2,
+        decoder_hidden_size=32,
+        mixed_precision="no",
+        save_every=1,
+        checkpoints_total_limit=1,
+        progress=False,
+    )
+    return finetune(args)
+
+
+def test_two_step_finetune_writes_model_processor_metrics_card_and_checkpoints(finetuned):
+    output_dir = finetuned["output_dir"]
+    from pathlib import Path
+
+    output_dir = Path(output_dir)
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "metrics.json", "README.md"):
+        assert (output_dir / name).is_file(), name
+    assert [path.name for path in (output_dir / "checkpoints").iterdir()] == ["step-0000002"]  # rotated
+    assert list((output_dir / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events"
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert (
+        metrics["test"]["num_pixels"] == 64 * 64
+    )  # one test patch of 64 x 64 (the synthetic set has no nodata)
+    assert set(metrics["test"]["per_class"]) == set(LANDCOVER)
+    assert 0.0 <= metrics["test"]["overall_accuracy"] <= 1.0
+    card = (output_dir / "README.md").read_text()
+    assert "image-segmentation" in card and "synthetic" in card.lower()
+    assert finetuned["num_train_samples"] == 5
+    assert np.isfinite(finetuned["final_train_loss"])
+
+
+def test_saved_model_reloads_with_identical_outputs(finetuned):
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    output_dir = finetuned["output_dir"]
+    reloaded = AutoModelForSemanticSegmentation.from_pretrained(output_dir, dtype=torch.float32).eval()
+    processor = AutoImageProcessor.from_pretrained(output_dir)
+    assert reloaded.config.id2label[5] == "road"
+    model = finetuned["model"].eval()
+    image = np.random.default_rng(0).normal(-12.0, 4.0, size=(2, 64, 64)).astype(np.float32)
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values).logits
+        actual = reloaded(pixel_values=pixel_values).logits
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_pipeline_returns_masks_named_by_class(finetuned):
+    from PIL import Image
+    from transformers import pipeline
+
+    segmenter = pipeline(
+        "image-segmentation", model=finetuned["model"].eval(), image_processor=finetuned["processor"]
+    )
+    grey = np.random.default_rng(1).integers(0, 255, size=(64, 64), dtype=np.uint8)
+    outputs = segmenter(Image.fromarray(grey).convert("RGB"))
+    assert outputs, "no segment returned"
+    for segment in outputs:
+        assert segment["label"] in LANDCOVER
+        assert segment["mask"].size == (64, 64)
+
+
+def test_loss_ignores_the_ignore_index(tiny_config):
+    from di3cl_hf import DI3CLForSemanticSegmentation
+
+    torch.manual_seed(0)
+    model = DI3CLForSemanticSegmentation(tiny_config(num_labels=3, use_auxiliary_head=False)).eval()
+    pixel_values = torch.randn(2, 2, 64, 64)
+    labels = torch.randint(0, 3, (2, 64, 64))
+    labels[:, :20] = 255
+    output = model(pixel_values=pixel_values, labels=labels)
+    valid = labels != 255
+    log_probabilities = output.logits.detach().log_softmax(dim=1)
+    by_hand = -log_probabilities.permute(0, 2, 3, 1)[valid].gather(1, labels[valid][:, None]).mean()
+    torch.testing.assert_close(output.loss.detach(), by_hand)
+    torch.testing.assert_close(
+        output.loss.detach(), F.cross_entropy(output.logits.detach(), labels, ignore_index=255)
+    )
+    # The logits of ignored pixels get no gradient; the others do.
+    (gradient,) = torch.autograd.grad(output.loss, output.logits)
+    assert gradient.permute(0, 2, 3, 1)[~valid].abs().max() == 0
+    assert gradient.permute(0, 2, 3, 1)[valid].abs().sum() > 0
+
+
+def test_dataset_turns_nodata_into_the_ignore_label():
+    from datasets import Dataset
+
+    from di3cl_hf import DI3CLImageProcessor
+
+    image = np.full((2, 64, 64), -10.0, dtype=np.float32)
+    image[:, :8, :8] = np.nan
+    rows = Dataset.from_dict({"index": [0]}).with_transform(
+        lambda batch: {"image": [image], "label": [np.ones((64, 64), dtype=np.int64)]}
+    )
+    sample = SegmentationDataset(rows, DI3CLImageProcessor(num_channels=2))[0]
+    assert sample["pixel_values"].shape == (2, 64, 64)
+    assert (sample["labels"][:8, :8] == 255).all()
+    assert (sample["labels"][8:, 8:] == 1).all()
+    assert torch.isfinite(sample["pixel_values"]).all()
+    cropped = SegmentationDataset(rows, DI3CLImageProcessor(num_channels=2), crop_size=32, train=True)[0]
+    assert cropped["pixel_values"].shape == (2, 32, 32) and cropped["labels"].shape == (32, 32)
+
+
+def test_frozen_and_linear_modes_train_only_the_heads(tiny_config):
+    from di3cl_hf import DI3CLForSemanticSegmentation
+
+    model = DI3CLForSemanticSegmentation(tiny_config(num_labels=4))
+    network = configure_trainable(model, "frozen")
+    assert network is model
+    assert not any(p.requires_grad for p in model.base_model.parameters())
+    assert all(p.requires_grad for p in model.decode_head.parameters())
+    probe = configure_trainable(model, "linear")
+    trainable = {name for name, p in probe.named_parameters() if p.requires_grad}
+    assert trainable == {"head.classifier.weight", "head.classifier.bias"}
+    output = probe(pixel_values=torch.randn(2, 2, 64, 64), labels=torch.randint(0, 4, (2, 64, 64)))
+    assert output.logits.shape == (2, 4, 64, 64)
+    output.loss.backward()
+    assert probe.head.classifier.weight.grad is not None
+
+
+def test_kmeans_grid_table_and_curves(segmentation_dir, tiny_config, tmp_path):
+    from di3cl_hf import DI3CLImageProcessor, DI3CLModel
+    from di3cl_hf.data import load_segmentation
+
+    splits = load_segmentation(segmentation_dir, task="landcover")
+    torch.manual_seed(0)
+    scores = evaluate_kmeans(
+        DI3CLModel(tiny_config()).eval(),
+        DI3CLImageProcessor(num_channels=2),
+        splits["train"],
+        splits["test"],
+        LANDCOVER,
+        num_clusters=4,
+        stage="stage2",
+        max_fit_pixels=500,
+    )
+    assert 0.0 <= scores["miou"] <= 1.0 and scores["num_pixels"] == 64 * 64
+    assert len(scores["cluster_to_class"]) == 4
+
+    fake = {
+        "overall_accuracy": 0.8,
+        "kappa": 0.7,
+        "miou": 0.5,
+        "mean_f1": 0.6,
+        "per_class": {"water": {"f1": 0.9}},
+        "num_train_samples": 2,
+    }
+    summary = {
+        "results": {"water": {"di3cl": {"0.01": fake, "0.1": fake}, "random": {"0.01": fake, "0.1": fake}}},
+        "kmeans": {"water": {"di3cl": {**fake, "num_clusters": 2}}},
+        "data": "synthetic",
+    }
+    text = grid_markdown(summary)
+    assert "| water | 1 % | di3cl | 2 | 80.00 | 70.00 | 50.00 | 60.00 | – |" in text
+    assert "0 (k-means, 2 clusters)" in text
+    path = plot_label_efficiency(summary, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="needs --pretrained_model"):
+        EvaluationGridArguments(data_dir="x", output_dir="y")
