@@ -179,28 +179,16 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-class _SkipReport:
-    """Skipped corrupt files of one prepared builder, persisted beside its Arrow cache."""
+SKIPPED_FILES_NAME = "di3cl_skipped_files.jsonl"
+"""Written beside a builder's Arrow cache: one JSON line ``{"path", "reason"}`` per skipped file."""
 
-    FILE_NAME = "di3cl_skipped_files.json"
 
-    def __init__(self) -> None:
-        self.entries: list[dict[str, str]] = []
-        self.generated = False
-
-    def add(self, path: str, reason: str) -> None:
-        self.entries.append({"path": path, "reason": reason})
-
-    def save(self, directory: str) -> None:
-        target = Path(directory) / self.FILE_NAME
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps(self.entries, indent=1))
-        os.replace(tmp, target)
-
-    def load(self, directory: str) -> None:
-        target = Path(directory) / self.FILE_NAME
-        if target.exists():
-            self.entries = json.loads(target.read_text())
+def _read_skipped(directory: str | os.PathLike[str]) -> list[dict[str, str]]:
+    target = os.path.join(os.fspath(directory), SKIPPED_FILES_NAME)
+    if not os.path.isfile(target):
+        return []
+    with open(target, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
 def _warn_skipped(entries: list[dict[str, str]], root: str | os.PathLike[str]) -> None:
@@ -215,12 +203,16 @@ def _warn_skipped(entries: list[dict[str, str]], root: str | os.PathLike[str]) -
 
 
 class _ReportingBuilderMixin:
-    """Records skipped files during generation and restores the record when the cache is reused."""
+    """Counts the corrupt files a builder skips, also across ``num_proc`` workers and cache reuse.
 
-    _skip_report: _SkipReport
+    While ``download_and_prepare`` runs, each skipped file is appended as a JSON line to
+    :data:`SKIPPED_FILES_NAME` in the (temporary) output folder, which ``datasets`` then moves into
+    the cache with the Arrow files; a later load from the cache reads it back and warns again.
+    When streaming, every skipped file is warned about as it is met.
+    """
 
     def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102
-        self._skip_report = _SkipReport()
+        self._preparing = True
         try:
             super().download_and_prepare(*args, **kwargs)  # type: ignore[misc]
         except DatasetGenerationError as error:
@@ -228,34 +220,38 @@ class _ReportingBuilderMixin:
             if isinstance(error.__cause__, ValueError):
                 raise error.__cause__ from None
             raise
-        if self._skip_report.generated:
-            self._skip_report.save(self._output_dir)  # type: ignore[attr-defined]
-        else:
-            self._skip_report.load(self._output_dir)  # type: ignore[attr-defined]
-        _warn_skipped(self._skip_report.entries, self.config.data_dir)  # type: ignore[attr-defined]
+        finally:
+            self._preparing = False
+        self._skipped = _read_skipped(self._output_dir)  # type: ignore[attr-defined]
+        _warn_skipped(self._skipped, self.config.data_dir)  # type: ignore[attr-defined]
 
     @property
     def skipped_files(self) -> list[dict[str, str]]:
-        """Files skipped as corrupt in the last generation: ``[{"path", "reason"}]``."""
-        report = getattr(self, "_skip_report", None)
-        return list(report.entries) if report is not None else []
+        """Files skipped as unreadable: ``[{"path", "reason"}]`` (prepared data, or streamed so far)."""
+        return list(getattr(self, "_skipped", []))
 
     @property
     def num_skipped(self) -> int:
-        """Number of files skipped as corrupt."""
+        """Number of files skipped as unreadable."""
         return len(self.skipped_files)
 
     def _skip(self, path: str, error: Exception) -> None:
-        if getattr(self, "_skip_report", None) is None:
-            self._skip_report = _SkipReport()
         reason = str(error)
-        self._skip_report.add(
-            path,
-            reason.split(": ", 1)[1]
-            if reason.startswith(f"{Path(self.config.data_dir) / path}: ")
-            else reason,
-        )  # type: ignore[attr-defined]
-        logger.warning("skipping %s: %s", path, error)
+        prefix = f"{Path(self.config.data_dir) / path}: "  # type: ignore[attr-defined]
+        entry = {"path": path, "reason": reason[len(prefix) :] if reason.startswith(prefix) else reason}
+        logger.warning("skipping %s: %s", path, entry["reason"])
+        if getattr(self, "_preparing", False):
+            # O_APPEND writes of one short line are atomic, so num_proc workers can share the file
+            line = (json.dumps(entry) + "\n").encode("utf-8")
+            target = os.path.join(self._output_dir, SKIPPED_FILES_NAME)  # type: ignore[attr-defined]
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        else:
+            self._skipped = [*getattr(self, "_skipped", []), entry]
+            warnings.warn(f"skipped unreadable SAR file {path}: {entry['reason']}", UserWarning, stacklevel=2)
 
 
 # -- SARSense -----------------------------------------------------------------------------------------
@@ -393,8 +389,6 @@ class SARSense(_ReportingBuilderMixin, datasets.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
-        if getattr(self, "_skip_report", None) is not None:
-            self._skip_report.generated = True
         root = Path(self.config.data_dir)
         files = list_sar_files(root)
         if not files:
@@ -758,8 +752,6 @@ class SARSegmentation(_ReportingBuilderMixin, datasets.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
-        if getattr(self, "_skip_report", None) is not None:
-            self._skip_report.generated = True
         generators = []
         for split, (image_dir, mask_dir) in find_segmentation_splits(
             self.config.data_dir, self.config.task

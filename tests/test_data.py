@@ -193,6 +193,19 @@ def test_corrupt_and_empty_files_are_skipped_counted_or_raise(tmp_path):
     with pytest.warns(UserWarning, match="skipped 3"):
         again.download_and_prepare()
     assert again.num_skipped == 3
+    # several worker processes: every skip is still counted
+    parallel = SARSense(data_dir=str(tmp_path / "sar"), cache_dir=str(tmp_path / "cache_mp"))
+    with pytest.warns(UserWarning, match="skipped 3"):
+        parallel.download_and_prepare(num_proc=2)
+    assert parallel.num_skipped == 3 and len(parallel.as_dataset("train")) == 3
+    # streaming warns as it meets each one
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert len(list(load_sarsense(tmp_path / "sar", streaming=True, decode=False))) == 3
+    streamed = sorted(str(w.message) for w in caught if "skipped unreadable SAR file" in str(w.message))
+    assert len(streamed) == 3 and streamed[1].startswith(
+        "skipped unreadable SAR file patches/four_bands.npy: array shape"
+    )
     with pytest.raises(SARFileError, match=r"(empty|junk)\.tif"):
         load_sarsense(tmp_path / "sar", strict=True, cache_dir=tmp_path / "strict")
     (tmp_path / "nothing").mkdir()
