@@ -9,12 +9,14 @@ For each image of a batch, with the two views' :class:`~di3cl_hf.augmentation.Vi
    contributes no boxes.
 3. ``boxes_per_image`` boxes are drawn there, grid-based: per draw, a random number of cells per
    axis (1 .. floor(extent / min_box_size), so every cell fits a minimal box), a random cell, and a
-   box of random size in [min_box_size, cell size] at a random position inside that cell.
+   box of random size in [min_box_size, cell size] at a random position inside that cell
+   (``box_sampling="uniform"``: always one cell, i.e. size and position uniform in the intersection).
 4. A draw whose IoU with an already accepted box of the same image is >= ``iou_threshold`` is
    rejected and re-drawn, up to ``max_tries`` draws per box; if all fail, that box is dropped (the
    image gives fewer boxes), so accepted boxes of one image always overlap below the threshold.
 5. Each box is mapped to source pixels and from there into each view (crop offset, per-axis zoom,
-   horizontal / vertical flip, 90-degree rotations), optionally jittered, and clipped to the view.
+   horizontal / vertical flip, 90-degree rotations), optionally jittered (each view independently;
+   jittered boxes may then overlap more than the threshold), and clipped to the view.
 
 Everything is batched tensor work, with no Python loop over images or boxes: each image gets a
 sequence of draws at once, the release's sequential accept / re-draw loop is replayed over it as
@@ -98,11 +100,18 @@ def _draw_candidates(
     count: int,
     min_box_size: float,
     generator: torch.Generator | None,
+    sampling: str = "grid",
 ) -> torch.Tensor:
-    """Grid-based draws: [b] extents of the scaled intersections -> candidate boxes [b, count, 4] there."""
+    """Draws for [b] scaled-intersection extents -> candidate boxes [b, count, 4] there.
+
+    ``"grid"``: random cells per axis, random cell, random box in it; ``"uniform"``: the same with a
+    single cell, i.e. a box of uniform size in [min_box_size, extent] at a uniform position.
+    """
     extent_w, extent_h = extent_w.unsqueeze(1), extent_h.unsqueeze(1)
     max_cells_x = torch.floor(extent_w / min_box_size).clamp_min(1)
     max_cells_y = torch.floor(extent_h / min_box_size).clamp_min(1)
+    if sampling == "uniform":
+        max_cells_x, max_cells_y = torch.ones_like(max_cells_x), torch.ones_like(max_cells_y)
     u = torch.rand(extent_w.shape[0], count, 8, generator=generator, dtype=extent_w.dtype)
     cells_x = torch.minimum(torch.floor(u[..., 0] * max_cells_x), max_cells_x - 1) + 1
     cells_y = torch.minimum(torch.floor(u[..., 1] * max_cells_y), max_cells_y - 1) + 1
@@ -164,6 +173,7 @@ def sample_box_pairs(
     max_tries: int = 50,
     box_jitter: float = 0.0,
     generator: torch.Generator | None = None,
+    box_sampling: str = "grid",
     clip: bool = True,
     return_source_boxes: bool = False,
 ) -> tuple[torch.Tensor, ...]:
@@ -178,6 +188,8 @@ def sample_box_pairs(
         max_tries: Draws per box before giving up on it.
         box_jitter: Optional independent jitter per view, as a fraction of the box size (0 = off).
         generator: Optional ``torch.Generator`` for reproducible sampling.
+        box_sampling: ``"grid"`` (the release's) or ``"uniform"`` (size and position uniform in the
+            whole intersection).
         clip: Clip boxes to their view (``False`` is for tests of the exact mapping).
         return_source_boxes: Also return the boxes in source pixels.
 
@@ -194,6 +206,8 @@ def sample_box_pairs(
         )
     if boxes_per_image < 0 or max_tries < 1 or min_box_size <= 0:
         raise ValueError("boxes_per_image must be >= 0, max_tries >= 1 and min_box_size > 0")
+    if box_sampling not in ("grid", "uniform"):
+        raise ValueError(f"box_sampling must be 'grid' or 'uniform', got {box_sampling!r}")
     min_box_size = float(min_box_size)
     # float32 is exact to ~1e-3 px at SAR scene sizes and halves the memory traffic of the IoU tests.
     g1, g2 = g1.float(), g2.float()
@@ -222,7 +236,9 @@ def sample_box_pairs(
     # images whose loop has not stopped yet; acceptance is recomputed over the extended sequence.
     limit = boxes_per_image * max_tries
     length = min(2 * boxes_per_image, limit)
-    draws = _draw_candidates(extent_w[images], extent_h[images], length, min_box_size, generator)
+    draws = _draw_candidates(
+        extent_w[images], extent_h[images], length, min_box_size, generator, box_sampling
+    )
     image_parts, box_parts = [], []
     while True:
         accepted, finished = _greedy_accept(draws, boxes_per_image, iou_threshold, max_tries)
@@ -236,7 +252,9 @@ def sample_box_pairs(
         images = images[pending]
         extra = min(length * 2, limit) - length
         length += extra
-        more = _draw_candidates(extent_w[images], extent_h[images], extra, min_box_size, generator)
+        more = _draw_candidates(
+            extent_w[images], extent_h[images], extra, min_box_size, generator, box_sampling
+        )
         draws = torch.cat([draws[pending], more], dim=1)
     image_index = torch.cat(image_parts)
     scaled = torch.cat(box_parts)
@@ -284,6 +302,7 @@ class PretrainingCollator:
         iou_threshold: IoU rejection threshold (config ``box_iou_threshold``).
         max_tries: Draws per box before it is dropped.
         box_jitter: Optional jitter fraction (config ``box_jitter``).
+        box_sampling: ``"grid"`` or ``"uniform"`` (config ``box_sampling``).
         seed: Optional seed (see above).
     """
 
@@ -294,24 +313,29 @@ class PretrainingCollator:
         iou_threshold: float = 0.5,
         max_tries: int = 50,
         box_jitter: float = 0.0,
+        box_sampling: str = "grid",
         seed: int | None = None,
     ) -> None:
+        if box_sampling not in ("grid", "uniform"):
+            raise ValueError(f"box_sampling must be 'grid' or 'uniform', got {box_sampling!r}")
         self.boxes_per_image = int(boxes_per_image)
         self.min_box_size = float(min_box_size)
         self.iou_threshold = float(iou_threshold)
         self.max_tries = int(max_tries)
         self.box_jitter = float(box_jitter)
+        self.box_sampling = box_sampling
         self.seed = seed
         self._generator: torch.Generator | None = None
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> PretrainingCollator:
-        """Build from a ``DI3CLConfig`` (``boxes_per_image``, ``min_box_size``, ``box_iou_threshold``, ``box_jitter``)."""
+        """Build from a ``DI3CLConfig`` (boxes_per_image, min_box_size, box_iou_threshold, box_jitter, box_sampling)."""
         settings = {
             "boxes_per_image": getattr(config, "boxes_per_image", 10),
             "min_box_size": getattr(config, "min_box_size", 32),
             "iou_threshold": getattr(config, "box_iou_threshold", 0.5),
             "box_jitter": getattr(config, "box_jitter", 0.0),
+            "box_sampling": getattr(config, "box_sampling", "grid"),
         }
         settings.update(kwargs)
         return cls(**settings)
@@ -343,6 +367,7 @@ class PretrainingCollator:
             iou_threshold=self.iou_threshold,
             max_tries=self.max_tries,
             box_jitter=self.box_jitter,
+            box_sampling=self.box_sampling,
             generator=self._get_generator(),
         )
         return {

@@ -69,6 +69,7 @@ def test_boxes_inside_views_large_enough_and_not_overlapping(seed):
         min_box_size=min_size,
         iou_threshold=threshold,
         generator=torch.Generator().manual_seed(seed),
+        box_sampling="grid" if seed % 2 else "uniform",
     )
     for boxes, geometries in ((query, g1), (key, g2)):
         sizes = torch.tensor(
@@ -247,6 +248,38 @@ def test_collator_outputs_model_inputs_and_is_seeded():
 
 
 def test_collator_from_config(tiny_config):
-    config = tiny_config(boxes_per_image=3, min_box_size=8, box_iou_threshold=0.3)
+    config = tiny_config(boxes_per_image=3, min_box_size=8, box_iou_threshold=0.3, box_sampling="uniform")
     collator = PretrainingCollator.from_config(config)
     assert (collator.boxes_per_image, collator.min_box_size, collator.iou_threshold) == (3, 8.0, 0.3)
+    assert collator.box_sampling == "uniform"
+    with pytest.raises(ValueError, match="box_sampling"):
+        PretrainingCollator(box_sampling="random")
+
+
+def test_box_jitter_moves_boxes_but_keeps_them_in_view():
+    g1, g2 = _random_geometries(1)
+    plain = sample_box_pairs(g1, g2, min_box_size=16, generator=torch.Generator().manual_seed(0))
+    jittered = sample_box_pairs(
+        g1, g2, min_box_size=16, box_jitter=0.1, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(plain[0][:, 0], jittered[0][:, 0])
+    assert not torch.allclose(plain[0], jittered[0]) and (jittered[0][:, 1:] >= 0).all()
+    moved = (plain[0][:, 1:] - jittered[0][:, 1:]).abs()
+    sizes = (plain[0][:, 3:] - plain[0][:, 1:3]).repeat(1, 2)
+    assert (moved <= 0.1 * sizes + 1e-4).all()
+
+
+def test_uniform_sampling_draws_larger_boxes_than_grid():
+    g = [ViewGeometry(0, 0, 128, 128, 128, 128)] * 64
+    areas = {}
+    for sampling in ("grid", "uniform"):
+        query, _ = sample_box_pairs(
+            g,
+            g,
+            boxes_per_image=1,
+            min_box_size=16,
+            box_sampling=sampling,
+            generator=torch.Generator().manual_seed(0),
+        )
+        areas[sampling] = float(((query[:, 3] - query[:, 1]) * (query[:, 4] - query[:, 2])).mean())
+    assert areas["uniform"] > 1.5 * areas["grid"]
