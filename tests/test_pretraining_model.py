@@ -274,3 +274,82 @@ def test_pretraining_from_an_encoder_folder_copies_the_query_side(tiny_config, t
     assert torch.equal(model.di3cl.encoder.conv1.weight, encoder.encoder.conv1.weight)
     assert all(torch.equal(key, query) for key, query in model._momentum_pairs(include_buffers=True))
     assert not any(p.requires_grad for p in model.momentum_encoder.parameters())
+
+
+DISTRIBUTED_CHILD = """
+import sys
+
+import torch
+import torch.distributed as dist
+
+from di3cl_hf import DI3CLConfig, DI3CLForPreTraining
+
+torch.set_num_threads(1)
+rank, out = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", rank=rank, world_size=2)
+torch.manual_seed(0)  # same initial weights and queues on both processes
+config = DI3CLConfig(backbone="resnet18", num_channels=2, projection_dim=16, projection_hidden_dim=64, queue_size=64)
+model = DI3CLForPreTraining(config).train()
+generator = torch.Generator().manual_seed(100 + rank)
+images = torch.randn(3, 2, 64, 64, generator=generator)
+boxes = torch.tensor([[0.0, 0.0, 0.0, 40.0, 40.0], [2.0, 8.0, 8.0, 64.0, 48.0]])
+outputs = model(images, images.flip(-1), boxes, boxes)
+outputs.loss.backward()
+torch.save(
+    {
+        "loss": outputs.loss.detach(),
+        "queue_ptr": model.queue_ptr.clone(),
+        "global_queue": model.global_queue.clone(),
+        "contour_queue": model.contour_queue.clone(),
+        "positives": outputs.global_logits[:, 0].clone(),
+    },
+    out,
+)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_gather_keys_and_shuffle_bn(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = tmp_path / "child.py"
+    script.write_text(DISTRIBUTED_CHILD)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), str(tmp_path / f"rank{rank}.pt")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    logs = [process.communicate(timeout=240)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], "\n".join(logs)[-4000:]
+    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    for result in results:
+        assert torch.isfinite(result["loss"])
+        assert result["queue_ptr"].item() == 6  # the keys of both processes (2 x 3) were enqueued
+    # Both processes enqueued the same gathered keys, in rank order; the rest of the queues is the shared init.
+    torch.testing.assert_close(results[0]["global_queue"], results[1]["global_queue"], rtol=0, atol=0)
+    torch.testing.assert_close(results[0]["contour_queue"], results[1]["contour_queue"], rtol=0, atol=0)
+    from di3cl_hf import DI3CLConfig
+
+    torch.manual_seed(0)
+    initial = DI3CLForPreTraining(
+        DI3CLConfig(
+            backbone="resnet18", num_channels=2, projection_dim=16, projection_hidden_dim=64, queue_size=64
+        )
+    ).global_queue
+    queue = results[0]["global_queue"]
+    assert torch.equal(queue[:, 6:], initial[:, 6:])
+    assert not torch.isclose(queue[:, :6], initial[:, :6]).all(dim=0).any()
+    torch.testing.assert_close(queue[:, :6].norm(dim=0), torch.ones(6))
