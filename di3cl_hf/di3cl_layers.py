@@ -135,11 +135,11 @@ def enqueue(queues: list[torch.Tensor], keys: list[torch.Tensor], pointer: torch
         raise ValueError(
             f"enqueue: {num_keys} keys do not fit a queue of {queue_size} columns; raise queue_size"
         )
-    start = int(pointer.item())
-    columns = (torch.arange(num_keys, device=pointer.device) + start) % queue_size
+    # Pointer arithmetic stays on the device: no host synchronisation per step.
+    columns = (torch.arange(num_keys, device=pointer.device) + pointer) % queue_size
     for queue, new_keys in zip(queues, keys, strict=True):
         queue.index_copy_(1, columns.to(queue.device), new_keys.detach().to(queue.dtype).t())
-    pointer[0] = (start + num_keys) % queue_size
+    pointer.copy_((pointer + num_keys) % queue_size)
 
 
 @torch.no_grad()
