@@ -87,7 +87,16 @@ MODEL_IGNORE_PATTERNS = (
     "*.pth.tar",
     ".git/**",
 )
-SPACE_IGNORE_PATTERNS = ("**/__pycache__/**", "*.pyc", "flagged/**", ".gradio/**", "test-artifacts/**")
+# `.gitignore` stays home: the Hub applies an uploaded one server-side and would drop bundled models.
+SPACE_IGNORE_PATTERNS = (
+    "**/__pycache__/**",
+    "__pycache__/**",
+    "*.pyc",
+    "flagged/**",
+    ".gradio/**",
+    "examples/**",
+    ".gitignore",
+)
 
 _METRICS = (
     # (key in the evaluation JSON, model-index metric type, pretty name)
