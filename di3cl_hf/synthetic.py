@@ -187,10 +187,10 @@ def value_noise(
     ci, cw, c0, nx = _catmull_rom(col0, width, cell)
     iy = np.arange(r0, r0 + ny)[:, None]
     ix = np.arange(c0, c0 + nx)[None, :]
-    lattice = 2.0 * _hash_uniform(seed, channel, iy, ix) - 1.0  # [ny, nx]
+    lattice = (2.0 * _hash_uniform(seed, channel, iy, ix) - 1.0).astype(np.float32)  # [ny, nx]
+    rw, cw = rw.astype(np.float32), cw.astype(np.float32)
     rows = sum(rw[:, k, None] * lattice[ri[:, k]] for k in range(4))  # [height, nx]
-    out = sum(cw[None, :, k] * rows[:, ci[:, k]] for k in range(4))  # [height, width]
-    return out.astype(np.float32)
+    return sum(cw[None, :, k] * rows[:, ci[:, k]] for k in range(4))  # [height, width]
 
 
 # -- layout (geometry of the whole scene, cheap to hold) -------------------------------------------------
@@ -206,7 +206,14 @@ class _Curve:
     width: float
 
     def mask(self, rows: np.ndarray, cols: np.ndarray, width_scale: float = 1.0) -> np.ndarray:
+        """Boolean mask of the curve on the pixel grid ``rows [h, 1]`` x ``cols [1, w]``."""
         cos, sin = np.cos(self.angle), np.sin(self.angle)
+        shape = (rows.shape[0], cols.shape[1])
+        # skip windows the curve cannot reach (most windows of a big scene)
+        corners = [-c * sin + r * cos for r in (rows[0, 0], rows[-1, 0]) for c in (cols[0, 0], cols[0, -1])]
+        reach = float(np.abs(self.amplitudes).sum()) + 0.5 * self.width * width_scale + 1.0
+        if min(corners) > self.offset + reach or max(corners) < self.offset - reach:
+            return np.zeros(shape, dtype=bool)
         u = cols * cos + rows * sin
         v = -cols * sin + rows * cos
         centre = self.offset + np.zeros_like(u)
