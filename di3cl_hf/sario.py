@@ -34,6 +34,7 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
@@ -243,6 +244,7 @@ class SARScene:
         self.nodata = ds.nodata
         self.band_names = tuple(ds.descriptions)
         self._is_photo = self.path.suffix.lower() in IMAGE_SUFFIXES or ds.driver in ("PNG", "JPEG")
+        self._has_alpha = self._is_photo and self.count in (2, 4) and ds.colorinterp[-1] == ColorInterp.alpha
 
     # -- reading -----------------------------------------------------------------------------------
     def read(
@@ -311,7 +313,7 @@ class SARScene:
         self, window: Window | None, bands: Sequence[int] | None, boundless: bool
     ) -> SARRaster:
         ds = self._dataset
-        if self._is_photo and bands is None and self.count in (3, 4):
+        if self._is_photo and bands is None and (self.count in (3, 4) or self._has_alpha):
             return self._read_photo(window, boundless)
         indexes = _check_bands(self.path, self.count, bands)
         # fill_value only when padding: rasterio also writes it into masked pixels, altering the data
@@ -335,18 +337,18 @@ class SARScene:
         return SARRaster(array, valid, self.crs, transform, self.nodata, self.path, names)
 
     def _read_photo(self, window: Window | None, boundless: bool) -> SARRaster:
-        """8-bit RGB(A) quick-look: one grey band (exact when R == G == B), alpha -> validity."""
+        """Quick-look (grey+alpha, RGB, RGBA): one grey band (exact when R == G == B), alpha -> validity."""
         ds = self._dataset
         try:
             rgba = ds.read(window=window, **({"boundless": True, "fill_value": 0} if boundless else {}))
         except RasterioError as error:
             raise _error(self.path, f"truncated or unreadable pixel data ({error})") from error
-        rgb = rgba[:3]
-        if (rgb[0] == rgb[1]).all() and (rgb[0] == rgb[2]).all():
-            grey = rgb[:1].copy()
+        colour = rgba[:-1] if self._has_alpha else rgba
+        if (colour == colour[:1]).all():
+            grey = colour[:1].copy()
         else:
-            grey = np.rint(rgb.astype(np.float32).mean(axis=0, keepdims=True)).astype(rgba.dtype)
-        valid = rgba[3] > 0 if self.count == 4 else np.ones(grey.shape[1:], dtype=bool)
+            grey = np.rint(colour.astype(np.float32).mean(axis=0, keepdims=True)).astype(rgba.dtype)
+        valid = rgba[-1] > 0 if self._has_alpha else np.ones(grey.shape[1:], dtype=bool)
         if boundless and window is not None:
             valid &= _inside_mask(window, self.height, self.width)
         return SARRaster(grey, valid, None, None, None, self.path, ("grey",))

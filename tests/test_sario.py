@@ -141,12 +141,14 @@ def test_png_and_jpg_quicklooks(tmp_path):
     Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "rgb.png")
     rgba = np.stack([grey] * 3 + [np.where(grey > 100, 255, 0).astype(np.uint8)], -1)
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(np.stack([grey, rgba[..., 3]], -1), mode="LA").save(tmp_path / "la.png")
     Image.fromarray(grey).save(tmp_path / "q.jpg", quality=95)
-    for name in ("grey.png", "rgb.png", "rgba.png"):
+    for name in ("grey.png", "rgb.png", "rgba.png", "la.png"):
         raster = read_sar(tmp_path / name)
         assert raster.array.dtype == np.uint8 and raster.array.shape == (1, 20, 30)
         np.testing.assert_array_equal(raster.array[0], grey)
     np.testing.assert_array_equal(read_sar(tmp_path / "rgba.png").valid_mask, grey > 100)
+    np.testing.assert_array_equal(read_sar(tmp_path / "la.png").valid_mask, grey > 100)
     assert read_sar(tmp_path / "q.jpg").array.shape == (1, 20, 30)
 
 
