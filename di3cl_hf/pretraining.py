@@ -218,6 +218,10 @@ class PretrainingArguments:
             )
         if self.max_consecutive_nonfinite < 1:
             raise ValueError("PretrainingArguments: max_consecutive_nonfinite must be >= 1")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError(
+                "PretrainingArguments: --push_to_hub needs --hub_model_id (e.g. my-lab/di3cl-resnet50)"
+            )
         if isinstance(self.data_files, str):
             self.data_files = [self.data_files]
 
@@ -907,86 +911,46 @@ class StopSignal:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def model_card_text(args: PretrainingArguments, config, summary: dict) -> str:
-    """README.md of the exported encoder: what it is, how it was pre-trained, final metrics, how to load it."""
-    from huggingface_hub import ModelCardData
-
-    card_data = ModelCardData(
-        library_name="transformers",
-        license="apache-2.0",
-        tags=["sar", "remote-sensing", "self-supervised", "di3cl", "feature-extraction"],
-        pipeline_tag="image-feature-extraction",
-    )
+def run_info(args: PretrainingArguments, config, summary: dict) -> dict[str, Any]:
+    """Facts of the run for the model card's "Training" section (:func:`di3cl_hf.hub.build_model_card`)."""
     data = args.data_dir or ", ".join(args.data_files or []) or args.dataset_name or "?"
-    metrics = summary.get("last_metrics", {})
-    lines = [
-        "---",
-        card_data.to_yaml(),
-        "---",
-        "",
-        f"# DI3CL {config.backbone} encoder (self-supervised SAR pre-training)",
-        "",
-        "The query encoder of a DI3CL pre-training run (MoCo v2 + contour consistency on stage3 + dynamic-instance "
-        "box regression on stage4), exported as a `DI3CLModel`, with the `DI3CLImageProcessor` that turns SAR "
-        "arrays (any radiometry) into its inputs. Fine-tune it for land-cover mapping, water or road extraction "
-        "with `DI3CLForSemanticSegmentation.from_pretrained(<this folder>, num_labels=...)`.",
-        "",
-        "## Pre-training run",
-        "",
-        "| setting | value |",
-        "|---|---|",
-        f"| data | `{data}` ({summary.get('num_images', '?')} images, streaming={args.streaming}) |",
-        f"| backbone / channels / view size | {config.backbone} / {config.num_channels} / {config.image_size} px |",
-        f"| queue size / temperature / momentum | {config.queue_size} / {config.temperature} / {config.momentum} |",
-        f"| loss weights (global, contour, instance) | {config.global_loss_weight}, {config.contour_loss_weight}, "
-        f"{config.instance_loss_weight} |",
-        f"| processes x per-device batch x accumulation | {summary.get('num_processes')} x "
-        f"{args.per_device_batch_size} x {args.gradient_accumulation_steps} = {summary.get('global_batch_size')} |",
-        f"| optimiser | {args.optimizer}, lr {summary.get('learning_rate'):.5g}, momentum {args.optimizer_momentum}, "
-        f"weight decay {args.weight_decay}, {args.lr_scheduler_type} schedule, warm-up {args.warmup_steps} |",
-        f"| updates / images seen | {summary.get('global_step')} / {summary.get('images_seen')} |",
-        f"| precision / memory format | {summary.get('mixed_precision')} / "
-        f"{'channels_last' if args.channels_last else 'contiguous'} |",
-        f"| ImageNet initialisation | {Path(args.imagenet_weights).name if args.imagenet_weights else 'none'} |",
-        f"| skipped non-finite steps | {summary.get('nonfinite_total', 0)} |",
-        f"| seed | {args.seed} |",
-        "",
-        "Final training metrics (mean of the last logging interval; chance top-1 = 1/(K+1) = "
-        f"{1.0 / (config.queue_size + 1):.2e}):",
-        "",
-        "| metric | value |",
-        "|---|---|",
-    ]
-    lines += [f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())]
-    lines += [
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from transformers import AutoImageProcessor, AutoModel",
-        "",
-        'processor = AutoImageProcessor.from_pretrained("<this folder>")',
-        'model = AutoModel.from_pretrained("<this folder>")',
-        'features = model(**processor(sar_array, return_tensors="pt")).pooler_output',
-        "```",
-        "",
-        "Method: *Contrastive Learning With Dynamic Instances and Contour Consistency for SAR Land-Cover "
-        "Classification Foundation Model* (DI3CL). Trained with the `di3cl-hf` package.",
-        "",
-    ]
-    return "\n".join(lines)
+    metrics = summary.get("last_metrics") or {}
+    chance = 1.0 / (config.queue_size + 1)
+    info: dict[str, Any] = {
+        "data": f"{data} ({summary.get('num_images') or 'streamed'} images"
+        + (", streamed)" if args.streaming else ")"),
+        "objective": "DI3CL: global InfoNCE (stage4) + contour InfoNCE (stage3) + dynamic-instance regression, "
+        f"weights {config.global_loss_weight} / {config.contour_loss_weight} / {config.instance_loss_weight}",
+        "backbone, channels, view size": f"{config.backbone}, {config.num_channels}, {config.image_size} px "
+        f"(augmentation preset {args.augmentation_preset})",
+        "queue size, temperature, key momentum": f"{config.queue_size}, {config.temperature}, {config.momentum}",
+        "processes x per-device batch x accumulation": f"{summary.get('num_processes')} x "
+        f"{args.per_device_batch_size} x {args.gradient_accumulation_steps} = {summary.get('global_batch_size')}",
+        "optimiser": f"{args.optimizer}, lr {summary.get('learning_rate', 0.0):.5g}, momentum "
+        f"{args.optimizer_momentum}, weight decay {args.weight_decay}, {args.lr_scheduler_type} schedule, "
+        f"warm-up {args.warmup_steps or args.warmup_ratio}",
+        "updates / images seen": f"{summary.get('global_step')} / {summary.get('images_seen')}",
+        "precision / memory format": f"{summary.get('mixed_precision')} / "
+        + ("channels_last" if args.channels_last else "contiguous"),
+        "ImageNet initialisation": Path(args.imagenet_weights).name if args.imagenet_weights else "none",
+        "skipped non-finite steps": summary.get("nonfinite_total", 0),
+        "seed": args.seed,
+    }
+    if metrics:
+        info["final training metrics"] = (
+            f"loss {metrics.get('loss', float('nan')):.4f}, global top-1 {metrics.get('global_top1', float('nan')):.3f}, "
+            f"contour top-1 {metrics.get('contour_top1', float('nan')):.3f} (chance 1/(K+1) = {chance:.2e}), "
+            f"instance loss {metrics.get('instance_loss', float('nan')):.4f}"
+        )
+    return info
 
 
-def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False) -> str:
-    """Create ``repo_id`` if needed and upload ``folder`` (our README included) in one commit; returns the URL."""
-    from huggingface_hub import HfApi
+def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False) -> Any:
+    """Push the encoder folder with :func:`di3cl_hf.hub.push_model`, keeping its README.md (our run's card)."""
+    from .hub import push_model
 
-    api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    commit = api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, commit_message="DI3CL pre-trained encoder"
-    )
-    return str(getattr(commit, "commit_url", commit))
+    card = (Path(folder) / "README.md").read_text()
+    return push_model(folder, repo_id, private=private, card=card, commit_message="DI3CL pre-trained encoder")
 
 
 def save_encoder(model, processor, args: PretrainingArguments, summary: dict, output_dir: str) -> Path:
@@ -997,7 +961,12 @@ def save_encoder(model, processor, args: PretrainingArguments, summary: dict, ou
     encoder = export_encoder(model)
     encoder.save_pretrained(str(tmp))
     processor.save_pretrained(str(tmp))
-    (tmp / "README.md").write_text(model_card_text(args, model.config, summary))
+    from .hub import build_model_card
+
+    card = build_model_card(
+        tmp, repo_id=args.hub_model_id, run_info=run_info(args, model.config, summary), tags=["pretraining"]
+    )
+    (tmp / "README.md").write_text(str(card))
     if final.exists():
         old = final.with_name(f".old-{ENCODER_DIRNAME}-{os.getpid()}")
         os.replace(final, old)
@@ -1361,10 +1330,8 @@ def main(args: PretrainingArguments) -> int:
             final_summary["encoder_dir"] = str(path)
             accelerator.print(f"encoder, image processor and model card saved to {path}")
             if args.push_to_hub:
-                if not args.hub_model_id:
-                    raise ValueError("--push_to_hub needs --hub_model_id")
-                url = push_folder_to_hub(path, args.hub_model_id, private=args.hub_private)
-                accelerator.print(f"pushed to {url}")
+                commit = push_folder_to_hub(path, args.hub_model_id, private=args.hub_private)
+                accelerator.print(f"pushed to {getattr(commit, 'commit_url', args.hub_model_id)}")
         _write_json_atomic(output_dir / TRAINER_STATE_NAME, final_summary)
     accelerator.wait_for_everyone()
     if log_with:
@@ -1386,7 +1353,7 @@ __all__ = [
     "load_local_backbone_weights",
     "load_pretraining_dataset",
     "main",
-    "model_card_text",
+    "run_info",
     "parse_args",
     "push_folder_to_hub",
     "resolve_checkpoint",

@@ -216,7 +216,8 @@ def test_short_run_saves_encoder_processor_card_and_rotates_checkpoints(tmp_path
     processor = AutoImageProcessor.from_pretrained(out / "encoder")
     assert processor.num_channels == 2
     card = (out / "encoder" / "README.md").read_text()
-    assert "library_name: transformers" in card and "| updates / images seen | 4 / 16 |" in card
+    assert "library_name: transformers" in card and "**updates / images seen**: 4 / 16" in card
+    assert "**processes x per-device batch x accumulation**: 1 x 4 x 1 = 4" in card
     # TensorBoard is off here (report_to none); the trainer state is the machine-readable record.
     assert state["queue_digests"][0].endswith("@16")
 
@@ -352,3 +353,33 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, sarsense):
     encoder_b = load_file(str(interrupted / "encoder" / "model.safetensors"))
     for name in encoder_a:
         torch.testing.assert_close(encoder_b[name], encoder_a[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_push_to_hub_uploads_encoder_with_run_card(tmp_path, sarsense):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hub_server import FakeHub
+
+    out = tmp_path / "push"
+    options = {**TINY, "data_dir": str(sarsense), "output_dir": str(out), "max_steps": 1, "save_steps": 0}
+    with FakeHub(max_requests=40, max_seconds=200) as hub:
+        env = {k: v for k, v in _env(tmp_path).items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        env.update(
+            HF_ENDPOINT=hub.endpoint,
+            HF_TOKEN="hf_fake_token_for_tests",
+            HF_HOME=str(tmp_path / "home"),
+            HF_DATASETS_CACHE=str(tmp_path / "hf-datasets"),
+            HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_DISABLE_PROGRESS_BARS="1",
+        )
+        command = [
+            sys.executable, str(REPO / "examples" / "pretrain.py"), *_cli(options),
+            "--push_to_hub", "True", "--hub_model_id", "sar-lab/di3cl-tiny",
+        ]  # fmt: skip
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert not hub.errors, hub.errors
+        files = hub.repo("sar-lab/di3cl-tiny").files
+    assert {"README.md", "model.safetensors", "config.json", "preprocessor_config.json"} <= set(files)
+    assert files["README.md"].decode() == (out / "encoder" / "README.md").read_text()
+    assert files["model.safetensors"] == (out / "encoder" / "model.safetensors").read_bytes()

@@ -1,0 +1,317 @@
+"""One DI3CL pre-training step: our default step against a plain fp32 reference of the same method, in one run.
+
+Ours (what ``di3cl_hf.pretraining`` runs): ``DI3CLForPreTraining`` prepared by Accelerate with bf16 autocast (where
+the device supports it) and channels_last weights/inputs; the batch comes from ``PretrainingCollator``, which in
+training runs in the DataLoader workers, so its box sampling is not on the step's critical path.
+
+Reference (written here, straightforwardly, the way the release does it): the same networks (timm ResNet encoder
+for query and key, global / contour / instance projectors, predictor, two queues, EMA, ROI-Align, the three losses
+and their weights) in float32 with contiguous memory, and box pairs sampled on the main process in a Python loop
+between data loading and the forward pass (part of its step).
+
+Both get the same views (made once, outside the timing: the augmentation costs the same for both) and run
+alternately so that background load affects both alike. Prints both median step times and the ratio.
+
+    python benchmarks/pretrain_step.py                 # ResNet-50, 448 px, batch 8 (the issue's setting)
+    python benchmarks/pretrain_step.py --backbone resnet18 --image_size 128 --iterations 2   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import random
+import statistics
+import time
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from di3cl_hf.configuration_di3cl import DI3CLConfig
+from di3cl_hf.modeling_di3cl import DI3CLForPreTraining
+from di3cl_hf.pretraining import (
+    PretrainingArguments,
+    build_optimizer,
+    build_transform_and_collator,
+    resolve_mixed_precision,
+)
+from di3cl_hf.synthetic import synthetic_patch
+
+# ----------------------------------------------------------------------------------------------------------------
+# The reference: plain fp32 PyTorch, boxes in a Python loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def mlp(dim_in: int, hidden: int, dim_out: int, batch_norm: bool = False) -> nn.Sequential:
+    layers = [nn.Linear(dim_in, hidden)] + ([nn.BatchNorm1d(hidden)] if batch_norm else [])
+    return nn.Sequential(*layers, nn.ReLU(inplace=True), nn.Linear(hidden, dim_out))
+
+
+class ReferenceDI3CL(nn.Module):
+    """MoCo v2 + contour consistency + dynamic instances, float32, single process (METHOD.md §2-3)."""
+
+    def __init__(self, config: DI3CLConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder_q = timm.create_model(
+            config.backbone, features_only=True, out_indices=(3, 4), in_chans=config.num_channels
+        )
+        c3, c4 = self.encoder_q.feature_info.channels()
+        hidden, dim = config.projection_hidden_dim, config.projection_dim
+        self.global_q, self.low_q = mlp(c4, hidden, dim), mlp(c3, hidden, dim)
+        self.local_q, self.predictor = mlp(c4, hidden, dim, True), mlp(dim, hidden, dim, True)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        self.global_k, self.low_k, self.local_k = (
+            copy.deepcopy(self.global_q),
+            copy.deepcopy(self.low_q),
+            copy.deepcopy(self.local_q),
+        )
+        for module in (self.encoder_k, self.global_k, self.low_k, self.local_k):
+            module.requires_grad_(False)
+        self.register_buffer("global_queue", F.normalize(torch.randn(dim, config.queue_size), dim=0))
+        self.register_buffer("local_queue", F.normalize(torch.randn(dim, config.queue_size), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        m = self.config.momentum
+        for k_module, q_module in (
+            (self.encoder_k, self.encoder_q),
+            (self.global_k, self.global_q),
+            (self.low_k, self.low_q),
+            (self.local_k, self.local_q),
+        ):
+            for param_k, param_q in zip(k_module.parameters(), q_module.parameters()):
+                param_k.data = param_k.data * m + param_q.data * (1.0 - m)
+
+    def roi(self, feature_map: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return roi_align(
+            feature_map, boxes, output_size=1, spatial_scale=1 / 32, sampling_ratio=0, aligned=True
+        )
+
+    def forward(self, im_q, im_k, boxes_q, boxes_k):
+        t = self.config.temperature
+        q3, q4 = self.encoder_q(im_q)
+        q = F.normalize(self.global_q(q4.mean(dim=(2, 3))), dim=1)
+        q_low = F.normalize(self.low_q(q3.mean(dim=(2, 3))), dim=1)
+        prediction = self.predictor(self.local_q(self.roi(q4, boxes_q).flatten(1)))
+        with torch.no_grad():
+            self.momentum_update()
+            k3, k4 = self.encoder_k(im_k)
+            k = F.normalize(self.global_k(k4.mean(dim=(2, 3))), dim=1)
+            k_low = F.normalize(self.low_k(k3.mean(dim=(2, 3))), dim=1)
+            target = self.local_k(self.roi(k4, boxes_k).flatten(1))
+        losses = []
+        for query, key, queue in ((q, k, self.global_queue), (q_low, k_low, self.local_queue)):
+            logits = (
+                torch.cat([(query * key).sum(1, keepdim=True), query @ queue.clone().detach()], dim=1) / t
+            )
+            losses.append(F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long)))
+        instance = (2 - 2 * F.cosine_similarity(prediction, target.detach(), dim=1)).mean()
+        c = self.config
+        loss = (
+            c.global_loss_weight * losses[0]
+            + c.contour_loss_weight * losses[1]
+            + c.instance_loss_weight * instance
+        )
+        with torch.no_grad():
+            ptr = int(self.queue_ptr)
+            self.global_queue[:, ptr : ptr + len(k)] = k.T
+            self.local_queue[:, ptr : ptr + len(k)] = k_low.T
+            self.queue_ptr[0] = (ptr + len(k)) % c.queue_size
+        return loss
+
+
+def to_view(x: float, y: float, g) -> tuple[float, float]:
+    """Source pixel (x, y) -> view pixel, for one ViewGeometry (scale, flips, quarter turns), plain Python."""
+    x = (x - g.left) * g.output_width / g.width
+    y = (y - g.top) * g.output_height / g.height
+    if g.hflip:
+        x = g.output_width - x
+    if g.vflip:
+        y = g.output_height - y
+    w, h = g.output_width, g.output_height
+    for _ in range(g.rot90 % 4):
+        x, y = y, w - x
+        w, h = h, w
+    return x, y
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def python_loop_boxes(geometries1, geometries2, config: DI3CLConfig, size: int):
+    """The release's box sampling: per image, grid-based boxes in the crops' intersection, IoU rejection."""
+    boxes_q, boxes_k = [], []
+    for index, (g1, g2) in enumerate(zip(geometries1, geometries2)):
+        x1, y1 = max(g1.left, g2.left), max(g1.top, g2.top)
+        x2, y2 = min(g1.left + g1.width, g2.left + g2.width), min(g1.top + g1.height, g2.top + g2.height)
+        zoom = min(g1.output_width / g1.width, g2.output_width / g2.width)
+        w, h = (x2 - x1) * zoom, (y2 - y1) * zoom
+        m = config.min_box_size
+        if w < m or h < m:
+            continue
+        accepted = []
+        for _ in range(config.boxes_per_image):
+            for _try in range(50):
+                nx, ny = random.randint(1, int(w // m)), random.randint(1, int(h // m))
+                cx, cy = random.randrange(nx), random.randrange(ny)
+                cell_w, cell_h = w / nx, h / ny
+                bw, bh = random.uniform(m, cell_w), random.uniform(m, cell_h)
+                bx = cx * cell_w + random.uniform(0, cell_w - bw)
+                by = cy * cell_h + random.uniform(0, cell_h - bh)
+                box = (bx, by, bx + bw, by + bh)
+                if all(iou(box, other) < config.box_iou_threshold for other in accepted):
+                    accepted.append(box)
+                    break
+        for bx1, by1, bx2, by2 in accepted:
+            corners = [(x1 + bx1 / zoom, y1 + by1 / zoom), (x1 + bx2 / zoom, y1 + by2 / zoom)]
+            for geometry, out in ((g1, boxes_q), (g2, boxes_k)):
+                (ax, ay), (bx, by) = (to_view(px, py, geometry) for px, py in corners)
+                out.append(
+                    [
+                        index,
+                        min(max(min(ax, bx), 0), size),
+                        min(max(min(ay, by), 0), size),
+                        min(max(max(ax, bx), 0), size),
+                        min(max(max(ay, by), 0), size),
+                    ]
+                )
+    return torch.tensor(boxes_q, dtype=torch.float32), torch.tensor(boxes_k, dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Benchmark
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "CPU"
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--image_size", type=int, default=448)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=3, help="timed steps of each (after one warm-up)")
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args()
+
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    random.seed(0)
+    config = DI3CLConfig(
+        backbone=args.backbone, image_size=args.image_size
+    )  # release sizes: K 65536, 2048 hidden
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_mixed_precision("auto", device)
+    run_args = PretrainingArguments(backbone=args.backbone, image_size=args.image_size)
+    _, transform, collator = build_transform_and_collator(run_args, config)
+    images = [
+        synthetic_patch(size=int(args.image_size * 1.25), seed=0, index=i).image
+        for i in range(args.batch_size)
+    ]
+    samples = [transform(np.asarray(image)) for image in images]
+    geometries1 = [s["geometry1"] for s in samples]
+    geometries2 = [s["geometry2"] for s in samples]
+
+    # Ours.
+    accelerator = Accelerator(mixed_precision=precision)
+    ours = DI3CLForPreTraining(config).to(memory_format=torch.channels_last).train()
+    ours_optimizer = build_optimizer(ours, run_args, 0.03 * args.batch_size / 256)
+    ours, ours_optimizer = accelerator.prepare(ours, ours_optimizer)
+
+    def our_step() -> float:
+        batch = collator(samples)  # in training: a DataLoader worker, timed separately below
+        batch = {
+            k: v.to(accelerator.device).contiguous(memory_format=torch.channels_last)
+            if v.ndim == 4
+            else v.to(device)
+            for k, v in batch.items()
+        }
+        start = time.perf_counter()
+        output = ours(**batch)
+        accelerator.backward(output.loss)
+        ours_optimizer.step()
+        ours_optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    # Reference.
+    reference = ReferenceDI3CL(config).to(device).train()
+    reference_optimizer = torch.optim.SGD(
+        [p for p in reference.parameters() if p.requires_grad], lr=0.03 * args.batch_size / 256, momentum=0.9,
+        weight_decay=1e-4,
+    )  # fmt: skip
+    views_q = torch.stack([s["view1"] for s in samples]).to(device)
+    views_k = torch.stack([s["view2"] for s in samples]).to(device)
+
+    def reference_step() -> float:
+        start = time.perf_counter()
+        boxes_q, boxes_k = python_loop_boxes(geometries1, geometries2, config, args.image_size)
+        loss = reference(views_q, views_k, boxes_q.to(device), boxes_k.to(device))
+        loss.backward()
+        reference_optimizer.step()
+        reference_optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    box_loop = []
+    for _ in range(5):
+        start = time.perf_counter()
+        python_loop_boxes(geometries1, geometries2, config, args.image_size)
+        box_loop.append(time.perf_counter() - start)
+    collate = []
+    for _ in range(5):
+        start = time.perf_counter()
+        collator(samples)
+        collate.append(time.perf_counter() - start)
+
+    ours_times, reference_times = [], []
+    for iteration in range(args.warmup + args.iterations):
+        t_reference = reference_step()
+        t_ours = our_step()
+        if iteration >= args.warmup:
+            reference_times.append(t_reference)
+            ours_times.append(t_ours)
+        print(f"  iteration {iteration}: reference {t_reference:.3f} s, ours {t_ours:.3f} s", flush=True)
+
+    t_reference, t_ours = statistics.median(reference_times), statistics.median(ours_times)
+    print(f"device: {device_name()}; torch {torch.__version__}")
+    print(
+        f"setting: {args.backbone}, {args.image_size} px, batch {args.batch_size}, {config.num_channels} channels, "
+        f"queue {config.queue_size}, hidden {config.projection_hidden_dim}; median of {args.iterations} steps"
+    )
+    print(f"reference step (fp32, contiguous, boxes in a Python loop): {t_reference:.3f} s")
+    print(f"   of which the Python box loop: {statistics.median(box_loop) * 1e3:.1f} ms")
+    print(f"our step ({precision} autocast, channels_last, collator boxes): {t_ours:.3f} s")
+    print(
+        f"   collator box sampling (in DataLoader workers, off the step): {statistics.median(collate) * 1e3:.1f} ms"
+    )
+    print(f"speed-up: {t_reference / t_ours:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
