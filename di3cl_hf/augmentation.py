@@ -140,7 +140,10 @@ def geometries_to_tensor(geometries: Sequence[ViewGeometry | torch.Tensor | dict
     rows: list[list[float]] = []
     for geometry in geometries:
         if isinstance(geometry, ViewGeometry):
-            rows.append([float(getattr(geometry, name)) for name in GEOMETRY_FIELDS])
+            g = geometry  # explicit attributes: this runs per sample in every collate call
+            rows.append(
+                [g.top, g.left, g.height, g.width, g.output_height, g.output_width, g.hflip, g.vflip, g.rot90]
+            )
         elif isinstance(geometry, dict):
             rows.append([float(geometry[name]) for name in GEOMETRY_FIELDS])
         else:

@@ -32,12 +32,12 @@ from typing import Any
 import torch
 import torch.utils.data
 
-from .augmentation import GEOMETRY_FIELDS, ViewGeometry, geometries_to_tensor, source_to_view
+from .augmentation import GEOMETRY_FIELDS, ViewGeometry, geometries_to_tensor
 
 
 def _as_geometry_tensor(geometry: torch.Tensor | Sequence[ViewGeometry | dict]) -> torch.Tensor:
     if isinstance(geometry, torch.Tensor):
-        geometry = geometry.to(torch.float64)
+        geometry = geometry.to(torch.float32)
         if geometry.ndim != 2 or geometry.shape[1] != len(GEOMETRY_FIELDS):
             raise ValueError(
                 f"geometry tensor must be [B, {len(GEOMETRY_FIELDS)}], got {tuple(geometry.shape)}"
@@ -70,12 +70,30 @@ def _view_size(geometry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _to_view(source_boxes: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
-    """Map source boxes [B, N, 4] into view boxes [B, N, 4] (any flip / rotation; x1 < x2, y1 < y2)."""
-    corners = source_boxes.reshape(source_boxes.shape[0], -1, 2)  # [B, 2N, 2]: (x1, y1), (x2, y2), ...
-    mapped = source_to_view(corners, geometry).reshape(source_boxes.shape[0], -1, 2, 2)
-    low = torch.minimum(mapped[:, :, 0], mapped[:, :, 1])
-    high = torch.maximum(mapped[:, :, 0], mapped[:, :, 1])
-    return torch.cat([low, high], dim=-1)
+    """Map source boxes [N, 4] into their views' pixels [N, 4] (geometry [N, 9]); x1 < x2, y1 < y2.
+
+    Closed form of :func:`~di3cl_hf.augmentation.source_to_view` for axis-aligned boxes: scale and
+    offset, mirror the ranges for flips, then a quarter turn ``(x, y) -> (y, W - x)`` maps the
+    x-range onto the mirrored y-range and the y-range onto the x-range.
+    """
+    top, left, height, width, out_h, out_w, hflip, vflip, turns = geometry.unbind(dim=-1)
+    scale_x, scale_y = out_w / width, out_h / height
+    xa, xb = (source_boxes[:, 0] - left) * scale_x, (source_boxes[:, 2] - left) * scale_x
+    ya, yb = (source_boxes[:, 1] - top) * scale_y, (source_boxes[:, 3] - top) * scale_y
+    hflip, vflip = hflip > 0.5, vflip > 0.5
+    xa, xb = torch.where(hflip, out_w - xb, xa), torch.where(hflip, out_w - xa, xb)
+    ya, yb = torch.where(vflip, out_h - yb, ya), torch.where(vflip, out_h - ya, yb)
+    options = torch.stack(
+        [
+            torch.stack([xa, ya, xb, yb], dim=-1),  # k = 0
+            torch.stack([ya, out_w - xb, yb, out_w - xa], dim=-1),  # k = 1
+            torch.stack([out_w - xb, out_h - yb, out_w - xa, out_h - ya], dim=-1),  # k = 2
+            torch.stack([out_h - yb, xa, out_h - ya, xb], dim=-1),  # k = 3
+        ],
+        dim=1,
+    )  # [N, 4 (k), 4]
+    k = torch.remainder(turns.round().long(), 4)
+    return options[torch.arange(options.shape[0]), k]
 
 
 def _jitter(boxes: torch.Tensor, amount: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -145,12 +163,23 @@ def _greedy_accept(
         out before the loop would have stopped (more draws are needed to decide).
     """
     count = draws.shape[1]
-    iou = _pairwise_iou(draws, draws)  # [b, M(later i), M(earlier j)]
-    earlier = torch.ones(count, count, dtype=torch.bool).tril(diagonal=-1)
-    conflict = (iou >= iou_threshold) & earlier
+    x1, y1, x2, y2 = (draws[..., i] for i in range(4))  # [b, M]
+    inter_w = (
+        torch.minimum(x2.unsqueeze(2), x2.unsqueeze(1)) - torch.maximum(x1.unsqueeze(2), x1.unsqueeze(1))
+    ).clamp_min_(0)
+    inter_h = (
+        torch.minimum(y2.unsqueeze(2), y2.unsqueeze(1)) - torch.maximum(y1.unsqueeze(2), y1.unsqueeze(1))
+    ).clamp_min_(0)
+    inter = inter_w.mul_(inter_h)  # [b, M (later i), M (earlier j)]
+    area = (x2 - x1) * (y2 - y1)
+    # IoU >= t  <=>  inter >= t * (area_i + area_j - inter)  <=>  inter * (1 + t) >= t * (area_i + area_j)
+    conflict = inter.mul_(1.0 + iou_threshold) >= (area.unsqueeze(2) + area.unsqueeze(1)).mul_(iou_threshold)
+    conflict &= torch.ones(count, count, dtype=torch.bool).tril(diagonal=-1)
+    conflict = conflict.to(draws.dtype)
     keep = torch.ones(draws.shape[:2], dtype=torch.bool)
     for _ in range(count):
-        new_keep = ~(conflict & keep.unsqueeze(1)).any(dim=-1)
+        # kept earlier draws each draw conflicts with (a batched mat-vec; exact small integers in float)
+        new_keep = torch.bmm(conflict, keep.to(draws.dtype).unsqueeze(-1)).squeeze(-1) == 0
         if torch.equal(new_keep, keep):
             break
         keep = new_keep
@@ -256,10 +285,11 @@ def sample_box_pairs(
             extent_w[images], extent_h[images], extra, min_box_size, generator, box_sampling
         )
         draws = torch.cat([draws[pending], more], dim=1)
-    image_index = torch.cat(image_parts)
-    scaled = torch.cat(box_parts)
-    order = torch.sort(image_index, stable=True).indices
-    image_index, scaled = image_index[order], scaled[order]
+    image_index, scaled = image_parts[0], box_parts[0]
+    if len(image_parts) > 1:  # later rounds appended their images at the end: restore image-major order
+        image_index, scaled = torch.cat(image_parts), torch.cat(box_parts)
+        order = torch.sort(image_index, stable=True).indices
+        image_index, scaled = image_index[order], scaled[order]
     if image_index.numel() == 0:
         return no_boxes
 
@@ -269,7 +299,7 @@ def sample_box_pairs(
     source = origin + scaled / scale  # [N, 4]
     count = source.shape[0]
     geometry = torch.cat([g1[image_index], g2[image_index]])  # [2N, 9]
-    boxes = _to_view(torch.cat([source, source]).unsqueeze(1), geometry)[:, 0]  # [2N, 4]
+    boxes = _to_view(torch.cat([source, source]), geometry)  # [2N, 4]
     if box_jitter > 0:
         boxes = _jitter(boxes, box_jitter, generator)
     if clip:

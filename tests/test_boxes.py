@@ -283,3 +283,21 @@ def test_uniform_sampling_draws_larger_boxes_than_grid():
         )
         areas[sampling] = float(((query[:, 3] - query[:, 1]) * (query[:, 4] - query[:, 2])).mean())
     assert areas["uniform"] > 1.5 * areas["grid"]
+
+
+def test_images_needing_more_draws_keep_image_major_order():
+    small = ViewGeometry(0, 0, 40, 40, 40, 40)  # 40x40 overlap, boxes >= 16: frequent rejections
+    large = ViewGeometry(0, 0, 128, 128, 128, 128)
+    g = [small, large] * 8
+    query, key = sample_box_pairs(
+        g,
+        g,
+        boxes_per_image=10,
+        min_box_size=16,
+        iou_threshold=0.3,
+        generator=torch.Generator().manual_seed(0),
+    )
+    index = query[:, 0]
+    assert torch.equal(index, torch.sort(index).values) and torch.equal(query, key)
+    counts = torch.bincount(index.long(), minlength=16)
+    assert (counts[1::2] == 10).all() and (counts[0::2] < 10).all() and (counts[0::2] >= 1).all()
