@@ -147,6 +147,42 @@ def test_epoch_shard_sampler_partitions_and_resumes():
     assert resumed == shards[0][20:]
 
 
+def _value_transform(image, valid_mask=None):
+    return {"value": float(image.flat[0])}
+
+
+def _value_collate(samples):
+    return torch.tensor([sample["value"] for sample in samples])
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_each_process_reads_different_samples_and_resumes_exactly(streaming):
+    import datasets
+    import numpy as np
+
+    dataset = datasets.Dataset.from_dict({"image": [np.full((1, 2, 2), i, np.float32) for i in range(40)]})
+    if streaming:
+        dataset = dataset.to_iterable_dataset(num_shards=4)
+    sample_function = pretraining.SampleFunction(_value_transform, "image", None)
+
+    def make(rank):
+        return pretraining.PretrainingBatches(dataset, sample_function, _value_collate, 4, rank, 2, 0, 0, 8)
+
+    per_rank = []
+    for rank in (0, 1):
+        batches = make(rank)
+        epoch0 = [next(batches).tolist() for _ in range(5)]
+        epoch1 = [next(batches).tolist() for _ in range(2)]
+        assert batches.state() == (1, 2)
+        per_rank.append({v for batch in epoch0 for v in batch})
+        # Resuming at (epoch 1, batch 1) gives exactly the batches an uninterrupted run gets next.
+        resumed = make(rank)
+        resumed.set_state(1, 1)
+        assert next(resumed).tolist() == epoch1[1]
+    assert len(per_rank[0]) == len(per_rank[1]) == 20
+    assert not per_rank[0] & per_rank[1]
+
+
 def test_checkpoint_lookup_ignores_unfinished_saves(tmp_path):
     folder = tmp_path / "checkpoints"
     for name in ("checkpoint-2", "checkpoint-10", ".tmp-checkpoint-12", "checkpoint-x"):
@@ -220,6 +256,20 @@ def test_short_run_saves_encoder_processor_card_and_rotates_checkpoints(tmp_path
     assert "**processes x per-device batch x accumulation**: 1 x 4 x 1 = 4" in card
     # TensorBoard is off here (report_to none); the trainer state is the machine-readable record.
     assert state["queue_digests"][0].endswith("@16")
+
+
+def test_gradient_accumulation_counts_global_batch(tmp_path, sarsense, fresh_accelerate):
+    code, state = _run_in_process(
+        tmp_path,
+        sarsense,
+        output_dir=str(tmp_path / "acc"),
+        max_steps=2,
+        save_steps=0,
+        gradient_accumulation_steps=2,
+    )
+    assert code == 0 and state["global_batch_size"] == 8 and state["images_seen"] == 16
+    assert state["learning_rate"] == pytest.approx(0.03 * 8 / 256)
+    assert state["queue_ptr"] == 16  # every forward enqueues its 4 keys
 
 
 def test_nonfinite_losses_are_skipped_rolled_back_and_stop_the_run(
