@@ -143,6 +143,7 @@ def test_parquet_export_reloads_the_same_rows(mixed_folder, tmp_path):
     assert _rows(by_card) == _rows(raw)
     card = (tmp_path / "export/README.md").read_text()
     assert card.startswith("---\n") and "path: data/train-*.parquet" in card and "# Mixed SAR" in card
+    assert "synthetic" not in card.lower()
     # decoding the export gives the original arrays
     for row, expected in zip(with_decoding(reloaded, image_dtype=None), with_decoding(raw, image_dtype=None)):
         np.testing.assert_array_equal(row["image"], expected["image"])
@@ -166,6 +167,8 @@ def test_streaming_yields_the_same_samples(tmp_path):
     assert not set(paths[0]) & set(paths[1]) and sorted(paths[0] + paths[1]) == sorted(mapped["path"])
     # the same from the Parquet export
     export_parquet(mapped, tmp_path / "pq", num_shards=2)
+    card = (tmp_path / "pq/README.md").read_text()
+    assert "- synthetic" in card and "**Synthetic data.**" in card  # detected from the metadata columns
     parquet_stream = datasets.load_dataset(str(tmp_path / "pq"), split="train", streaming=True)
     assert _rows(parquet_stream) == _rows(mapped)
     ranks = [list(split_dataset_by_node(parquet_stream, rank=r, world_size=2)) for r in (0, 1)]
