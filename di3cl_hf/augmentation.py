@@ -469,7 +469,9 @@ class PretrainingTransform:
 
         Uses ``valid_mask`` from the batch when present.
         """
-        masks = examples.get("valid_mask") or [None] * len(examples[image_column])
+        masks = examples.get("valid_mask")
+        if masks is None:
+            masks = [None] * len(examples[image_column])
         samples = [self(image, mask) for image, mask in zip(examples[image_column], masks)]
         return {
             key: [sample[key] for sample in samples] for key in ("view1", "geometry1", "view2", "geometry2")
