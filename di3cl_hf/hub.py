@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import DatasetCard, EvalResult, HfApi, ModelCard, ModelCardData
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -567,148 +567,44 @@ def build_model_card(
 # dataset card
 
 
-def _parquet_splits(data_dir: Path) -> dict[str, list[Path]]:
-    split_names = ("train", "validation", "valid", "val", "test")
-    splits: dict[str, list[Path]] = {}
-    for path in sorted(data_dir.rglob("*.parquet")):
-        relative = path.relative_to(data_dir)
-        tokens = [part.lower() for part in relative.parts[:-1]] + re.split(r"[-_.]", path.name.lower())
-        split = next((name for name in split_names if name in tokens), "train")
-        split = {"valid": "validation", "val": "validation"}.get(split, split)
-        splits.setdefault(split, []).append(relative)
-    return splits
-
-
 def build_dataset_card(
     data_dir: str | os.PathLike,
     *,
-    repo_id: str | None = None,
-    license: str = "cc-by-4.0",
+    pretty_name: str = "SAR patches",
     description: str | None = None,
-    synthetic: bool | None = None,
-    tags: Iterable[str] = (),
-) -> DatasetCard:
-    """Write the card of a folder of Parquet shards (as :func:`di3cl_hf.data.export_parquet` writes).
+    license: str = "other",
+    tags: Sequence[str] = (),
+) -> str:
+    """The card of a ``data/<split>-*.parquet`` folder that lacks its ``README.md``.
 
-    Splits are read from the file or folder names (``train``, ``validation``/``val``, ``test``;
-    anything else is ``train``) and declared in the card's ``configs`` so ``datasets.load_dataset``
-    finds them; row counts and columns come from the Parquet footers.
-
-    Args:
-        data_dir: folder with ``*.parquet`` files (searched recursively).
-        repo_id: Hub id shown in the loading snippet (default: the folder name).
-        license: license id of the data.
-        description: a paragraph on what the data is (default: a generic SAR description).
-        synthetic: flag the data as synthetic (default: when "synthetic" is in the folder name or
-            the Parquet schema metadata).
-        tags: extra tags.
+    :func:`di3cl_hf.data.export_parquet` writes the card itself; this rebuilds the same card with
+    :func:`di3cl_hf.data.dataset_card` from the Parquet footers (features from the schema's
+    ``huggingface`` metadata, row counts per split), for folders whose card was lost or removed.
 
     Raises:
-        FileNotFoundError: no Parquet file under ``data_dir``.
+        FileNotFoundError: no ``data/<split>-*.parquet`` shards under ``data_dir``.
     """
+    import datasets
     import pyarrow.parquet as pq
 
+    from .data import dataset_card
+
     data_dir = Path(data_dir)
-    splits = _parquet_splits(data_dir)
-    if not splits:
+    shards = sorted((data_dir / "data").glob("*-*.parquet"))
+    if not shards:
         raise FileNotFoundError(
-            f"{data_dir}: no *.parquet files, expected the output of di3cl export-parquet"
+            f"{data_dir}: no data/<split>-*.parquet shards, expected the output of di3cl export-parquet"
         )
-    repo_id = repo_id or data_dir.resolve().name
-    rows: dict[str, int] = {}
-    columns: list[str] = []
-    schema_text = ""
-    for split, files in splits.items():
-        rows[split] = 0
-        for relative in files:
-            metadata = pq.read_metadata(data_dir / relative)
-            rows[split] += metadata.num_rows
-            if not columns:
-                schema = metadata.schema.to_arrow_schema()
-                columns = list(schema.names)
-                schema_text = " ".join(
-                    value.decode(errors="ignore") for value in (schema.metadata or {}).values()
-                ).lower()
-    if synthetic is None:
-        synthetic = "synthetic" in str(data_dir).lower() or "synthetic" in schema_text
-    total = sum(rows.values())
-    size_category = next(
-        name
-        for limit, name in (
-            (1_000, "n<1K"),
-            (10_000, "1K<n<10K"),
-            (100_000, "10K<n<100K"),
-            (math.inf, "n>100K"),
-        )
-        if total < limit
+    splits: dict[str, int] = {}
+    for shard in shards:
+        split = re.sub(r"-\d{5}-of-\d{5}$", "", shard.stem)
+        splits[split] = splits.get(split, 0) + pq.read_metadata(shard).num_rows
+    order = {"train": 0, "validation": 1, "test": 2}
+    splits = dict(sorted(splits.items(), key=lambda item: (order.get(item[0], 3), item[0])))
+    features = datasets.Features.from_arrow_schema(pq.read_schema(shards[0]))
+    return dataset_card(
+        features, splits, pretty_name=pretty_name, description=description, license=license, tags=tags
     )
-    has_labels = "label" in columns
-    card_data = DatasetCardData(
-        license=license,
-        task_categories=["image-segmentation"] if has_labels else ["image-feature-extraction"],
-        tags=list(DEFAULT_TAGS[:2])
-        + ["sentinel-1", "di3cl"]
-        + (["synthetic"] if synthetic else [])
-        + list(tags),
-        size_categories=[size_category],
-        pretty_name=repo_id.split("/")[-1],
-        configs=[
-            {
-                "config_name": "default",
-                "data_files": [
-                    {"split": split, "path": [str(path).replace(os.sep, "/") for path in files]}
-                    for split, files in splits.items()
-                ],
-            }
-        ],
-    )
-    description = description or (
-        "SAR image patches stored losslessly (float32 backscatter, `[C, H, W]`) with their validity masks and "
-        "georeferencing, for DI3CL pre-training and fine-tuning."
-    )
-    lines = [
-        "---",
-        card_data.to_yaml(),
-        "---",
-        "",
-        f"# {repo_id.split('/')[-1]}",
-        "",
-        description,
-        "",
-    ]
-    if synthetic:
-        lines += [
-            "> **Synthetic data.** Generated by `di3cl_hf.synthetic` (class-typical backscatter in dB with "
-            "Gamma speckle); for tests and demonstrations, not for scientific conclusions.",
-            "",
-        ]
-    lines += ["## Splits", "", "| split | rows |", "|---|---:|"]
-    lines += [f"| {split} | {count} |" for split, count in rows.items()]
-    lines += [
-        "",
-        "## Columns",
-        "",
-        ", ".join(f"`{name}`" for name in columns),
-        "",
-        "## Loading",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        "",
-        f'dataset = load_dataset("{repo_id}")',
-        'image = dataset["train"][0]["image"]  # float32 [C, H, W]',
-        "```",
-        "",
-        "## Citation",
-        "",
-        "The pre-training method these data serve:",
-        "",
-        "```bibtex",
-        CITATION,
-        "```",
-        "",
-    ]
-    return DatasetCard("\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -900,10 +796,11 @@ def push_dataset(
     private: bool | None = None,
     commit_message: str = "Upload SAR dataset (Parquet)",
     card: DatasetCard | str | None = None,
-    **card_kwargs: Any,
 ) -> Any:
-    """Push a folder of Parquet shards with its card (an existing ``README.md`` there is kept
-    unless ``card`` is given; otherwise :func:`build_dataset_card` writes one).
+    """Push a Parquet dataset folder (as :func:`di3cl_hf.data.export_parquet` writes it) with its card.
+
+    The folder's own ``README.md`` is kept unless ``card`` is given; a folder without one gets
+    :func:`build_dataset_card`.
 
     Returns:
         The ``CommitInfo`` of the upload.
@@ -913,11 +810,11 @@ def push_dataset(
         raise FileNotFoundError(f"{data_dir}: not a folder")
     with tempfile.TemporaryDirectory(prefix="di3cl-push-") as temp:
         stage = Path(temp) / "stage"
-        _copy_tree(data_dir, stage, ("**/__pycache__/**", ".git/**", "*.lock", ".cache/**"))
+        _copy_tree(data_dir, stage, ("**/__pycache__/**", ".git/**", "*.lock", ".cache/**", "**/.*.tmp"))
         if card is not None or not (stage / "README.md").is_file():
-            card = card if card is not None else build_dataset_card(data_dir, repo_id=repo_id, **card_kwargs)
+            text = str(card) if card is not None else build_dataset_card(data_dir)
             (stage / "README.md").unlink(missing_ok=True)
-            _write_text_atomic(stage / "README.md", str(card))
+            _write_text_atomic(stage / "README.md", text)
         return _upload(stage, repo_id, "dataset", token=token, private=private, commit_message=commit_message)
 
 
@@ -1187,7 +1084,6 @@ def _cmd_push(args: argparse.Namespace) -> int:
             args.repo_id,
             token=args.token,
             private=args.private,
-            license=args.license or "cc-by-4.0",
             commit_message=args.commit_message or "Upload SAR dataset (Parquet)",
         )
     else:
@@ -1221,7 +1117,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         description="Push to the Hugging Face Hub with huggingface_hub (create_repo + upload_folder, one commit).",
     )
     push.add_argument("kind", choices=("model", "dataset", "space"), help="what to push")
-    push.add_argument("source", help="model folder (save_pretrained), Parquet folder, or the space/ folder")
+    push.add_argument(
+        "source", help="model folder (save_pretrained), Parquet folder (di3cl export-parquet), or space/"
+    )
     push.add_argument("repo_id", help="target repository, org/name")
     push.add_argument("--token", default=None, help="write token (default: HF_TOKEN / the saved login)")
     push.add_argument("--private", action="store_true", default=None, help="create the repository private")

@@ -200,29 +200,37 @@ def test_stage_model_contents(segmentation_dir: Path, tmp_path: Path) -> None:
 
 
 def write_parquet_dataset(folder: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """A small dataset exported the project's way (data/<split>-*.parquet + README.md)."""
+    import datasets
 
-    folder.mkdir(parents=True)
+    from di3cl_hf.data import export_parquet
+
     rng = np.random.default_rng(0)
-    for split, rows in (("train", 3), ("test", 2)):
-        images = [
-            rng.gamma(1.0, 0.05, size=(2, 8, 8)).astype("float32").ravel().tolist() for _ in range(rows)
-        ]
-        table = pa.table({"image": images, "path": [f"{split}-{i}.tif" for i in range(rows)]})
-        pq.write_table(table, folder / f"{split}-00000-of-00001.parquet")
+    splits = {
+        split: datasets.Dataset.from_dict(
+            {
+                "image": [
+                    rng.gamma(1.0, 0.05, size=(2, 8, 8)).astype("float32").ravel().tolist() for _ in range(n)
+                ],
+                "path": [f"{split}-{i}.tif" for i in range(n)],
+            }
+        )
+        for split, n in (("train", 3), ("test", 2))
+    }
+    export_parquet(datasets.DatasetDict(splits), folder, pretty_name="SAR patches")
 
 
-def test_dataset_card_declares_splits(tmp_path: Path) -> None:
-    write_parquet_dataset(tmp_path / "synthetic-sarsense")
-    card = build_dataset_card(tmp_path / "synthetic-sarsense", repo_id="sar-lab/sarsense-mini")
-    data = DatasetCard(str(card)).data
-    configs = data.to_dict()["configs"][0]["data_files"]
+def test_dataset_card_fallback_is_the_data_modules_card(tmp_path: Path) -> None:
+    folder = tmp_path / "parquet"
+    write_parquet_dataset(folder)
+    written = (folder / "README.md").read_text()
+    (folder / "README.md").unlink()
+    rebuilt = build_dataset_card(folder)
+    assert rebuilt == written  # one card writer: di3cl_hf.data.dataset_card
+    configs = DatasetCard(rebuilt).data.to_dict()["configs"][0]["data_files"]
     assert {entry["split"] for entry in configs} == {"train", "test"}
-    assert "synthetic" in data.tags and "sar" in data.tags
-    assert "| train | 3 |" in card.text and "| test | 2 |" in card.text
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"empty: no \*\.parquet"):
+    with pytest.raises(FileNotFoundError, match=r"empty: no data/<split>-\*\.parquet shards"):
         build_dataset_card(tmp_path / "empty")
 
 
@@ -285,6 +293,7 @@ def test_export_timm_rejects_unknown_architecture(encoder_dir: Path, tmp_path: P
 # --------------------------------------------------------------------------- push round trips
 
 
+@pytest.mark.slow
 def test_push_model_round_trip_offline_reload(segmentation_dir: Path, tmp_path: Path) -> None:
     """Push with the real client (CLI, subprocess) to the fake Hub, lay the received files out as an
     HF cache, then load them back offline: with this package and with remote code only."""
@@ -360,8 +369,10 @@ def test_push_model_round_trip_offline_reload(segmentation_dir: Path, tmp_path: 
     np.testing.assert_allclose(package, expected, rtol=0, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_push_dataset_and_space(tmp_path: Path, encoder_dir: Path) -> None:
     write_parquet_dataset(tmp_path / "parquet")
+    (tmp_path / "parquet" / "README.md").unlink()  # pushed without a card: the fallback writes it
     models = tmp_path / "models"
     (models / "water").mkdir(parents=True)
     for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
@@ -379,7 +390,9 @@ def test_push_dataset_and_space(tmp_path: Path, encoder_dir: Path) -> None:
         dataset = hub.repo("sar-lab/sarsense-mini", "dataset")
         space = hub.repo("sar-lab/di3cl-demo", "space")
         dataset_snapshot = hub.write_cache(tmp_path / "cache", "sar-lab/sarsense-mini", "dataset")
-    assert {"train-00000-of-00001.parquet", "test-00000-of-00001.parquet", "README.md"} <= set(dataset.files)
+    assert {"data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet", "README.md"} <= set(
+        dataset.files
+    )
     assert space.space_sdk == "gradio"
     assert {"app.py", "requirements.txt", "README.md", "di3cl_hf/hub.py", "models/water/config.json"} <= set(
         space.files

@@ -78,6 +78,8 @@ def space(tmp_path_factory):
         "DI3CL_MODEL_DIR": str(root / "models"),
         "DI3CL_SPACE_PREDICT_PIXELS": "40000",  # a 256 x 256 upload is downscaled by 2 ...
         "DI3CL_SPACE_TILE_SIZE": "64",  # ... and its 128 x 128 remainder predicted in 3 x 3 tiles
+        "DI3CL_SPACE_MAX_PIXELS": "100000",
+        "DI3CL_SPACE_MAX_FILE_SIZE": "2mb",
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),
         "GRADIO_ANALYTICS_ENABLED": "False",
@@ -193,6 +195,19 @@ def test_bad_uploads_get_a_readable_message(
     text = str(error.value)
     assert message in text
     assert "Traceback" not in text and "/tmp/" not in text  # no stack trace, no server paths
+
+
+def test_size_limits(client, tmp_path: Path) -> None:
+    from gradio_client.exceptions import AppError
+
+    too_many_pixels = tmp_path / "big_scene.npy"
+    np.save(too_many_pixels, np.zeros((1, 400, 400), np.float32))  # 160 000 px > 100 000, 640 kB < 2 MB
+    with pytest.raises(AppError, match=r"big_scene.npy: 400 x 400 pixels is more than this demo accepts"):
+        _predict(client, too_many_pixels, "Water")
+    too_big = tmp_path / "huge_file.npy"
+    np.save(too_big, np.zeros((1, 1000, 1000), np.float32))  # 4 MB > max_file_size 2 MB
+    with pytest.raises(Exception, match=r"(?i)too large|exceeds|maximum"):
+        _predict(client, too_big, "Water")
 
 
 def test_wrong_band_count_is_explained(client, tmp_path: Path) -> None:
