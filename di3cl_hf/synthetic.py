@@ -625,6 +625,15 @@ def generate_segmentation_sets(
     return folders
 
 
+def _outside_swath(
+    row0: int, col0: int, height: int, width: int, scene_height: int, scene_width: int
+) -> np.ndarray:
+    """Pixels left/right of a strip whose edges lean by 12 % of the scene width over its height."""
+    rows = np.arange(row0, row0 + height)[:, None] / max(scene_height - 1, 1)
+    cols = np.arange(col0, col0 + width)[None, :] / max(scene_width - 1, 1)
+    return (cols < 0.12 * (1.0 - rows)) | (cols > 0.88 + 0.12 * (1.0 - rows))
+
+
 def generate_scene(
     path: str | os.PathLike[str],
     height: int,
@@ -636,8 +645,12 @@ def generate_scene(
     labels_path: str | os.PathLike[str] | None = None,
     tile_size: int = 1024,
     cog: bool = False,
+    swath_edges: bool = False,
 ) -> Path:
     """Write a big georeferenced synthetic scene window by window (never whole in memory).
+
+    With ``swath_edges=True`` the scene is a slanted strip, as a geocoded swath inside its
+    north-up bounding box: the corners outside it are nodata (NaN in the image, 255 in the labels).
 
     Args:
         path: Output GeoTIFF (float32 dB, ``polarisations`` bands, NaN nodata).
@@ -650,6 +663,7 @@ def generate_scene(
         labels_path: Also write the land-cover mask (uint8, ids into :data:`LANDCOVER_CLASSES`) here.
         tile_size: Rows/columns rendered at once.
         cog: Write Cloud-Optimized GeoTIFFs.
+        swath_edges: Leave nodata wedges on the left and right like a geocoded satellite swath.
 
     Returns:
         ``path``.
@@ -683,6 +697,10 @@ def generate_scene(
             for col0 in range(0, width, tile_size):
                 h, w = min(tile_size, height - row0), min(tile_size, width - col0)
                 image, classes = render_window(layout, row0, col0, h, w, polarisations, looks)
+                if swath_edges:
+                    outside = _outside_swath(row0, col0, h, w, height, width)
+                    image[:, outside] = np.nan
+                    classes[outside] = 255
                 window = (row0, col0, h, w)
                 image_writer.write(image, window)
                 if label_writer is not None:

@@ -105,6 +105,15 @@ def test_generate_scene_writes_georeferenced_tiles(tmp_path):
     assert np.isfinite(image.array).all() and -45 < image.array.min() and image.array.max() < 30
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "scene.tif"]
 
+    edged = read_sar(
+        generate_scene(
+            tmp_path / "swath.tif", 200, 200, labels_path=tmp_path / "swath_lc.tif", swath_edges=True
+        )
+    )
+    assert not edged.valid_mask[0, 0] and not edged.valid_mask[-1, -1] and edged.valid_mask[100, 100]
+    assert 0.6 < edged.valid_mask.mean() < 0.95
+    np.testing.assert_array_equal(read_sar(tmp_path / "swath_lc.tif").valid_mask, edged.valid_mask)
+
 
 def test_generate_sarsense_folder(tmp_path):
     paths = generate_sarsense(tmp_path, 5, size=32, polarisations=1, seed=7)
