@@ -49,6 +49,7 @@ TASKS = ("landcover", "water", "roads")
 INITIALISATIONS = ("di3cl", "imagenet", "random")
 MODES = ("full", "frozen", "linear")
 CHECKPOINT_PREFIX = "step-"
+METRIC_LABELS = {"miou": "mIoU", "overall_accuracy": "OA", "kappa": "Kappa", "mean_f1": "mean F1"}
 
 
 @dataclass
@@ -516,7 +517,7 @@ def finetune(args: FinetuneArguments) -> dict[str, Any]:
 
     Returns:
         dict with ``validation`` and ``test`` (scores of :mod:`di3cl_hf.metrics`), ``output_dir``,
-        ``train_seconds``, ``final_train_loss``, ``num_train_samples``, ``class_names``, ``arguments``
+        ``train_seconds``, ``start_step`` / ``steps_run`` (after a resume), ``final_train_loss``, ``num_train_samples``, ``class_names``, ``arguments``
         (all of which are also in ``metrics.json``), plus ``model`` (the trained network, unwrapped) and
         ``processor``.
 
@@ -651,6 +652,8 @@ def finetune(args: FinetuneArguments) -> dict[str, Any]:
     results: dict[str, Any] = {
         "output_dir": str(output_dir),
         "train_seconds": elapsed,
+        "start_step": start_step,
+        "steps_run": args.max_steps - start_step,
         "class_names": list(class_names),
     }
     for name, loader in eval_loaders.items():
@@ -900,6 +903,10 @@ class EvaluationGridArguments:
     metric: str = field(
         default="miou", metadata={"help": "Metric of the curves: miou, overall_accuracy, kappa."}
     )
+    num_threads: int = field(
+        default=0,
+        metadata={"help": "torch intra-op threads (0: torch's default; 1 is fastest on a small shared CPU)."},
+    )
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.initialisations if name not in INITIALISATIONS]
@@ -976,6 +983,8 @@ def run_evaluation_grid(grid: EvaluationGridArguments) -> dict[str, Any]:
     """
     from tqdm.auto import tqdm
 
+    if grid.num_threads > 0:
+        torch.set_num_threads(grid.num_threads)
     output_dir = Path(grid.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, Any]]] = {}
@@ -1088,9 +1097,12 @@ def plot_label_efficiency(summary: Mapping[str, Any], path: str | os.PathLike, m
                 alpha=0.6,
                 label=f"{init} (k-means)",
             )
+        fractions = sorted({float(f) for runs in summary["results"][task].values() for f in runs})
         axis.set_xscale("log")
+        axis.set_xticks([100 * f for f in fractions], [f"{100 * f:g}" for f in fractions])
+        axis.minorticks_off()
         axis.set_xlabel("labelled training samples (%)")
-        axis.set_ylabel(f"{metric} (%)")
+        axis.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (%)")
         axis.set_title(task)
         axis.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=8)

@@ -74,6 +74,26 @@ def test_two_step_finetune_writes_model_processor_metrics_card_and_checkpoints(f
     assert np.isfinite(finetuned["final_train_loss"])
 
 
+def test_resume_from_latest_checkpoint_continues_at_its_step(finetuned, tmp_path):
+    import dataclasses
+    import shutil
+
+    from di3cl_hf.finetuning import FinetuneArguments
+
+    output_dir = tmp_path / "resumed"
+    shutil.copytree(finetuned["output_dir"], output_dir)
+    arguments = dataclasses.replace(
+        FinetuneArguments(**finetuned["arguments"]),
+        output_dir=str(output_dir),
+        max_steps=3,
+        resume_from_checkpoint="latest",
+        save_model=False,
+        report_to="none",
+    )
+    resumed = finetune(arguments)
+    assert (resumed["start_step"], resumed["steps_run"]) == (2, 1)
+
+
 def test_saved_model_reloads_with_identical_outputs(finetuned):
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
