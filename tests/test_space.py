@@ -175,6 +175,29 @@ def test_feature_view_and_npy_without_georeferencing(client, tmp_path: Path) -> 
     assert "principal components" in notice and "no georeferencing" in notice
 
 
+REAL_SAR = REPO_ROOT.parent / "shared" / "data" / "real-sar"
+
+
+@pytest.mark.skipif(not REAL_SAR.is_dir(), reason=f"real Sentinel-1 samples not found at {REAL_SAR}")
+def test_real_sentinel1_file_keeps_crs_and_nodata(client, tmp_path: Path) -> None:
+    """pyroSAR's geocoded VV (dB, nodata -99, EPSG:32631) with a corner blanked to nodata:
+    the radiometry is detected as dB and nodata pixels stay nodata (255) in the map."""
+    with rasterio.open(REAL_SAR / "S1A__IW___A_20150309T173017_VV_grd_mli_geo_norm_db.tif") as source:
+        profile, values = source.profile, source.read()
+    values[:, :40, :60] = profile["nodata"]
+    path = tmp_path / "s1_vv_db_with_nodata.tif"
+    with rasterio.open(path, "w", **profile) as target:
+        target.write(values)
+    _, _, legend, result, notice = _predict(client, path, "Land cover")
+    with rasterio.open(result) as mask:
+        assert mask.crs == profile["crs"]
+        classes = mask.read(1)
+    invalid = values[0, ::2, ::2] == profile["nodata"]  # downscaled by 2 (58 156 px > 40 000)
+    assert classes.shape == invalid.shape
+    np.testing.assert_array_equal(classes == 255, invalid)
+    assert "Radiometry: `db`" in notice and "%" in legend
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
