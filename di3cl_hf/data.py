@@ -392,8 +392,16 @@ class SARSense(_ReportingBuilderMixin, datasets.GeneratorBasedBuilder):
         root = Path(self.config.data_dir)
         files = list_sar_files(root)
         if not files:
-            raise FileNotFoundError(
-                f"{root}: no SAR files (expected {', '.join(sorted(set(s.lstrip('.') for s in ('.tif', '.tiff', '.png', '.jpg', '.npy'))))})"
+            raise FileNotFoundError(f"{root}: no SAR files (expected .tif/.tiff, .png/.jpg or .npy files)")
+        per_file, _ = self._metadata()
+        relative = {_relative(f, root) for f in files} | {f.name for f in files}
+        orphans = sorted(set(per_file) - relative)
+        if orphans:
+            warnings.warn(
+                f"{root}: {len(orphans)} metadata row(s) name files that are not there: {', '.join(orphans[:10])}"
+                + (" ..." if len(orphans) > 10 else ""),
+                UserWarning,
+                stacklevel=2,
             )
         return [
             datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"files": [str(f) for f in files]})

@@ -123,6 +123,14 @@ def test_metadata_dict_applies_to_every_patch(mixed_folder, tmp_path):
         root, metadata={"sensor": "TerraSAR-X", "band": "X", "resolution_m": 3}, cache_dir=tmp_path
     )
     assert set(ds["sensor"]) == {"TerraSAR-X"} and set(ds["resolution_m"]) == {3.0}
+    listing = tmp_path / "rows.json"
+    listing.write_text(
+        json.dumps([{"file_name": "npy/patch.npy", "sensor": "ALOS-2"}, {"file_name": "gone.tif"}])
+    )
+    with pytest.warns(UserWarning, match=r"1 metadata row\(s\) name files that are not there: gone\.tif"):
+        ds = load_sarsense(root, metadata=listing, cache_dir=tmp_path / "c2")
+    sensors = dict(zip(ds.with_format(None)["path"], ds.with_format(None)["sensor"]))
+    assert sensors["npy/patch.npy"] == "ALOS-2" and sensors["dn/int16.tif"] is None
 
 
 def test_parquet_export_reloads_the_same_rows(mixed_folder, tmp_path):
