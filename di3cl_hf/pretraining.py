@@ -489,6 +489,12 @@ class StreamPretrainingDataset(IterableDataset):
             yield seed, self.sample_function(example, seed)
 
 
+def _ignore_interrupt(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT: Ctrl-C reaches the whole process group, and the main process must be
+    able to finish its step and save a checkpoint with its workers alive."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class PretrainingBatches:
     """Endless stream of collated batches for one process, with a resumable ``(epoch, batch)`` position."""
 
@@ -551,6 +557,7 @@ class PretrainingBatches:
             "drop_last": True,
             "generator": generator,  # worker seeds from here, never from the global RNG (exact resumption)
             "persistent_workers": False,
+            "worker_init_fn": _ignore_interrupt if self.num_workers > 0 else None,
             "pin_memory": torch.cuda.is_available(),
         }
         if self.streaming:
@@ -1240,7 +1247,11 @@ def main(args: PretrainingArguments) -> int:
                         if not window_nonfinite:
                             optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            with warnings.catch_warnings():
+                # A skipped (non-finite) first update makes torch warn that the scheduler steps before the
+                # optimiser; advancing the schedule anyway is intended (it follows updates attempted).
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                scheduler.step()
             state.global_step += 1
             state.images_seen += global_batch
             interval_images += global_batch
