@@ -981,6 +981,7 @@ def export_timm(
     import timm
     import torch
     from timm.models import save_for_hf
+    from transformers.utils import logging as transformers_logging
 
     from .modeling_di3cl import DI3CLModel
 
@@ -991,7 +992,12 @@ def export_timm(
     num_channels = int(config.get("num_channels", 2))
     if not timm.is_model(architecture):
         raise ValueError(f"{model_dir / 'config.json'}: backbone {architecture!r} is not a timm architecture")
-    model = DI3CLModel.from_pretrained(model_dir, dtype=torch.float32)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # a task model's heads are expected to be left out
+    try:
+        model = DI3CLModel.from_pretrained(model_dir, dtype=torch.float32)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     timm_model = timm.create_model(architecture, pretrained=False, num_classes=0, in_chans=num_channels)
     timm_model.load_state_dict(_encoder_state_dict(model, timm_model.state_dict()), strict=True)
     timm_model.eval()

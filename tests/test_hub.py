@@ -285,6 +285,17 @@ def test_export_timm_gives_identical_features(encoder_dir: Path, tmp_path: Path)
     assert saved["num_classes"] == 0 and saved["di3cl"]["db_range"] == processor.db_range
 
 
+def test_export_timm_from_a_task_model_takes_its_encoder(segmentation_dir: Path, tmp_path: Path) -> None:
+    out = export_timm(segmentation_dir, tmp_path / "timm")
+    model = DI3CLForSemanticSegmentation.from_pretrained(segmentation_dir, dtype=torch.float32).eval()
+    encoder = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    pixel_values = torch.randn(1, 2, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = model.base_model(pixel_values).last_hidden_state
+        torch.testing.assert_close(encoder.forward_features(pixel_values), expected, rtol=0, atol=0)
+    assert encoder.pretrained_cfg["input_size"][0] == 2
+
+
 def test_export_timm_rejects_unknown_architecture(encoder_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a timm architecture"):
         export_timm(encoder_dir, tmp_path / "timm", architecture="resnet_does_not_exist")
