@@ -133,21 +133,41 @@ def with_decoding(
         A dataset of the same kind whose rows hold decoded arrays.
     """
 
-    def example_fn(example: dict[str, Any]) -> dict[str, Any]:
-        decoded = decode_example(example, image_dtype)
-        return transform(decoded) if transform is not None else decoded
-
+    decoder = SARDecoder(image_dtype, transform)
     if isinstance(dataset, datasets.DatasetDict):
         return datasets.DatasetDict({k: with_decoding(v, image_dtype, transform) for k, v in dataset.items()})
     if isinstance(dataset, datasets.IterableDataset):
-        return dataset.map(example_fn)
+        return dataset.map(decoder)
+    return dataset.with_transform(decoder.batch)
 
-    def batch_fn(batch: Mapping[str, list]) -> dict[str, list]:
+
+class SARDecoder:
+    """Picklable decoder (works in DataLoader workers under any start method).
+
+    ``decoder(example)`` decodes one row (then applies ``transform``); ``decoder.batch(batch)`` does
+    it for a column -> list batch, as ``Dataset.set_transform`` passes it.
+
+    Args:
+        image_dtype: See :func:`decode_example`.
+        transform: Optional per-example function applied after decoding.
+    """
+
+    def __init__(
+        self,
+        image_dtype: str | None = "float32",
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        self.image_dtype = image_dtype
+        self.transform = transform
+
+    def __call__(self, example: Mapping[str, Any]) -> dict[str, Any]:
+        decoded = decode_example(example, self.image_dtype)
+        return self.transform(decoded) if self.transform is not None else decoded
+
+    def batch(self, batch: Mapping[str, list]) -> dict[str, list]:
         keys = list(batch)
-        rows = [example_fn({k: batch[k][i] for k in keys}) for i in range(len(batch[keys[0]]))]
+        rows = [self({k: batch[k][i] for k in keys}) for i in range(len(batch[keys[0]]))] if keys else []
         return {k: [row[k] for row in rows] for k in rows[0]} if rows else dict(batch)
-
-    return dataset.with_transform(batch_fn)
 
 
 # -- shared helpers ------------------------------------------------------------------------------------
@@ -1173,6 +1193,7 @@ __all__ = [
     "METADATA_FIELDS",
     "PAPER_LABEL_FRACTIONS",
     "PairingError",
+    "SARDecoder",
     "SARSegmentation",
     "SARSegmentationConfig",
     "SARSense",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -361,6 +362,10 @@ def test_decode_example_helpers():
     np.testing.assert_array_equal(decoded["image"], array)
     assert decode_example(row, image_dtype=None)["image"].dtype == np.int16
     json.dumps(row["image"]["shape"])  # plain types only
+    # decoded datasets pickle (DataLoader workers with the spawn start method)
+    decoded_ds = with_decoding(datasets.Dataset.from_list([row, row]))
+    clone = pickle.loads(pickle.dumps(decoded_ds))
+    np.testing.assert_array_equal(clone[1]["image"], array)
 
 
 def test_cli_make_synthetic_and_export(tmp_path):
