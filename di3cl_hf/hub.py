@@ -389,6 +389,26 @@ def _loading_snippets(repo_id: str, segmentation: bool, num_channels: int, has_c
     return "\n".join(parts)
 
 
+def _previous_card_facts(model_dir: Path) -> dict[str, Any]:
+    """``run_info`` / ``base_model`` / ``datasets`` of a DI3CL card already in ``model_dir`` (if any)."""
+    path = model_dir / "README.md"
+    if not path.is_file():
+        return {}
+    try:
+        card = ModelCard.load(path)
+    except Exception:  # not a card we can read: nothing to keep
+        return {}
+    if "di3cl" not in (card.data.tags or []):
+        return {}
+    facts: dict[str, Any] = {"base_model": card.data.base_model, "datasets": card.data.datasets}
+    training = re.search(r"^## Training\n(.*?)(?=^## |\Z)", card.text, flags=re.MULTILINE | re.DOTALL)
+    if training:
+        facts["run_info"] = dict(
+            re.findall(r"^- \*\*(.+?)\*\*: (.*)$", training.group(1), flags=re.MULTILINE)
+        )
+    return facts
+
+
 def build_model_card(
     model_dir: str | os.PathLike,
     *,
@@ -418,6 +438,10 @@ def build_model_card(
             ``data`` or in a dataset name adds a demonstration-only warning.
         has_code: whether the pushed repo carries the remote code (adds the no-package snippet).
 
+    A DI3CL card already in ``model_dir`` (e.g. the one the fine-tuning run wrote) supplies the
+    defaults of ``run_info``, ``base_model`` and ``datasets``, so re-building it for a push (with
+    the real ``repo_id`` in the snippets) keeps what the run recorded.
+
     Returns:
         A :class:`huggingface_hub.ModelCard` (``str(card)`` is the README.md text).
 
@@ -428,7 +452,10 @@ def build_model_card(
     model_dir = Path(model_dir)
     config = _model_config(model_dir)
     processor = _processor_config(model_dir)
-    run_info = dict(run_info or {})
+    previous = _previous_card_facts(model_dir)
+    run_info = dict(run_info if run_info is not None else previous.get("run_info", {}))
+    base_model = base_model or previous.get("base_model")
+    datasets = datasets or previous.get("datasets")
     repo_id = repo_id or model_dir.resolve().name
     architectures = config.get("architectures") or ["DI3CLModel"]
     segmentation = any("SemanticSegmentation" in name for name in architectures)

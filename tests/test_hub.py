@@ -144,6 +144,23 @@ def test_model_card_metadata_from_run(segmentation_dir: Path) -> None:
     assert "0 = land, 1 = water" in text
 
 
+def test_rebuilt_card_keeps_what_the_run_recorded(segmentation_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for path in segmentation_dir.iterdir():
+        if path.is_file():
+            (folder / path.name).write_bytes(path.read_bytes())
+    run_card = build_model_card(
+        folder, base_model="sar-lab/di3cl-r18", run_info={"data": "water (synthetic)", "label_fraction": 0.05}
+    )
+    (folder / "README.md").write_text(str(run_card))  # what the fine-tuning run leaves
+    rebuilt = build_model_card(folder, repo_id="sar-lab/di3cl-water")
+    assert rebuilt.data.base_model == "sar-lab/di3cl-r18"
+    assert "- **label_fraction**: 0.05" in rebuilt.text and "Demonstration weights" in rebuilt.text
+    assert 'from_pretrained("sar-lab/di3cl-water")' in rebuilt.text
+    assert f'from_pretrained("{folder.name}")' in run_card.text
+
+
 def test_encoder_card_is_feature_extraction_without_model_index(encoder_dir: Path) -> None:
     card = build_model_card(encoder_dir, repo_id="sar-lab/di3cl-r18", has_code=False)
     data = ModelCard(str(card)).data
