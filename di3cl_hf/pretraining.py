@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -1250,7 +1251,7 @@ def main(args: PretrainingArguments) -> int:
             with warnings.catch_warnings():
                 # A skipped (non-finite) first update makes torch warn that the scheduler steps before the
                 # optimiser; advancing the schedule anyway is intended (it follows updates attempted).
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 scheduler.step()
             state.global_step += 1
             state.images_seen += global_batch
