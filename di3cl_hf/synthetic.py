@@ -100,6 +100,8 @@ class SceneStyle:
         land_bias: Added to the noise potential of each land class (farmland, forest, meadow,
             village, city, ground, other); higher means more of that class.
         region_cell: Size in pixels of the coarse noise lattice that shapes land-cover regions.
+        landscape_weight: Weight of the landscape-scale octave (8 x ``region_cell``) that groups
+            regions into forested, farmed, urban or lake-rich districts.
         lake_threshold: Lakes where the lake potential exceeds this (in [-1, 1]; lower = more lakes).
         river_rate: Expected rivers crossing a 256-px patch (grows with the square root of scene size).
         highway_rate: Expected long roads crossing a 256-px patch.
@@ -111,6 +113,7 @@ class SceneStyle:
 
     land_bias: tuple[float, ...] = (0.30, 0.18, 0.10, -0.25, -0.35, 0.0, -0.35)
     region_cell: int = 56
+    landscape_weight: float = 0.8
     lake_threshold: float = 0.62
     river_rate: float = 0.35
     highway_rate: float = 0.6
@@ -305,7 +308,9 @@ def _landcover(
     cell = style.region_cell
     potentials = np.stack(
         [
-            value_noise(seed, 10 + k, row0, col0, height, width, cell)
+            # three octaves: landscape (forested hills vs. farmed plains), region and boundary detail
+            style.landscape_weight * value_noise(seed, 40 + k, row0, col0, height, width, cell * 8)
+            + value_noise(seed, 10 + k, row0, col0, height, width, cell)
             + 0.35 * value_noise(seed, 30 + k, row0, col0, height, width, cell / 4)
             + style.land_bias[k]
             for k in range(len(_LAND_CLASSES))
@@ -317,8 +322,10 @@ def _landcover(
     cols = np.arange(col0, col0 + width, dtype=np.float64)[None, :]
 
     # lakes, with a wetland fringe
-    lake = value_noise(seed, 50, row0, col0, height, width, cell * 0.9) + 0.2 * value_noise(
-        seed, 51, row0, col0, height, width, cell / 5
+    lake = (
+        value_noise(seed, 50, row0, col0, height, width, cell * 0.9)
+        + 0.2 * value_noise(seed, 51, row0, col0, height, width, cell / 5)
+        + style.landscape_weight * 0.5 * value_noise(seed, 53, row0, col0, height, width, cell * 8)
     )
     water = lake > style.lake_threshold
     wet = (lake > style.lake_threshold - 0.12) & ~water
