@@ -1,14 +1,15 @@
-"""Hugging Face Hub tools: model and dataset cards, pushing models / datasets / the Space, timm export.
+"""Hugging Face Hub tools: model cards, pushing models / datasets / the Space, timm export.
 
 Model cards are written from what a run leaves on disk (``config.json``, ``preprocessor_config.json``,
 an evaluation JSON from :mod:`di3cl_hf.metrics`, an optional ``run_info`` dict) with
-:class:`huggingface_hub.ModelCard` / :class:`~huggingface_hub.ModelCardData`, so the YAML metadata
-(license, ``library_name: transformers``, pipeline tag, tags, datasets, base model and the
-``model-index`` of evaluation results) is validated by the Hub's own client.
+:class:`huggingface_hub.ModelCard` / :class:`~huggingface_hub.ModelCardData`, which produce the YAML
+metadata (license, ``library_name: transformers``, pipeline tag, tags, datasets, base model and the
+``model-index`` of evaluation results) in the layout the Hub validates. Dataset cards are
+:func:`di3cl_hf.data.dataset_card`'s.
 
 Pushing goes through :class:`huggingface_hub.HfApi` (``create_repo`` + ``upload_folder``) from a
-staging folder, in one commit. ``transformers``' ``push_to_hub`` is not used because it replaces
-``README.md`` with its own template. The model staging folder holds the weights, configs, our card
+staging folder, as one commit (the client splits only very large uploads into parts).
+``transformers``' ``push_to_hub`` is not used because it replaces ``README.md`` with its own template. The model staging folder holds the weights, configs, our card
 and — for loading without this package (``trust_remote_code=True``) — the flat code files of the
 model and processor with an ``auto_map``.
 
@@ -58,7 +59,7 @@ CITATION = """@misc{ren2025di3cl,
   url           = {https://arxiv.org/abs/2511.07808}
 }"""
 
-# The paper's Table II (land-cover set, UperNet fine-tuning of the ResNet-50 encoder), in percent.
+# The paper's Table II (pre-training methods compared on its land-cover set), in percent.
 # Shown in cards as the published reference, never as this model's score.
 PAPER_LANDCOVER_RESULTS = {"overall_accuracy": 84.25, "kappa": 79.57, "miou": 51.03}
 
@@ -565,10 +566,11 @@ def build_model_card(
     else:
         sections += ["No evaluation of this model was recorded with the run.", ""]
     sections += [
-        "For reference, the paper reports for DI3CL-R50 on its land-cover set (UperNet, full labels): "
+        "For reference, the paper reports for DI3CL on its land-cover set "
         f"OA {PAPER_LANDCOVER_RESULTS['overall_accuracy']} %, Kappa {PAPER_LANDCOVER_RESULTS['kappa']} %, "
-        f"mIoU {PAPER_LANDCOVER_RESULTS['miou']} % (Table II) and 58.59 % mIoU with the stronger UperNet "
-        "setting of Table III. Those numbers belong to the authors' weights and data, not to this model.",
+        f"mIoU {PAPER_LANDCOVER_RESULTS['miou']} % (Table II, pre-training methods compared) and 58.59 % mIoU "
+        "for UperNet + DI3CL-R50 (Table III). Those numbers belong to the authors' weights and data, not to "
+        "this model.",
         "",
         "## Limitations",
         "",
