@@ -192,6 +192,17 @@ def _fingerprint(paths: Sequence[Path], *extra: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+MAX_SHARDS = 1024
+"""Files are grouped into at most this many shards (the unit ``num_proc`` and
+``split_dataset_by_node`` distribute); small folders get one file per shard."""
+
+
+def _shard_files(files: Sequence[Path | str]) -> list[list[str]]:
+    per_shard = max(1, math.ceil(len(files) / MAX_SHARDS))
+    names = [str(f) for f in files]
+    return [names[i : i + per_shard] for i in range(0, len(names), per_shard)]
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -424,10 +435,10 @@ class SARSense(_ReportingBuilderMixin, datasets.GeneratorBasedBuilder):
                 stacklevel=2,
             )
         return [
-            datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"files": [str(f) for f in files]})
+            datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"shards": _shard_files(files)})
         ]
 
-    def _generate_examples(self, files: list[str]) -> Iterator[tuple[Key, dict[str, Any]]]:
+    def _generate_examples(self, shards: list[list[str]]) -> Iterator[tuple[Key, dict[str, Any]]]:
         root = Path(self.config.data_dir)
         per_file, defaults = self._metadata()
         extra = [
@@ -436,7 +447,9 @@ class SARSense(_ReportingBuilderMixin, datasets.GeneratorBasedBuilder):
             if k not in METADATA_FIELDS
             and k not in ("image", "valid_mask", "crs", "transform", "nodata", "path")
         ]
-        for index, name in enumerate(files):
+        for shard_index, name, item_index in (
+            (i, n, j) for i, shard in enumerate(shards) for j, n in enumerate(shard)
+        ):
             path = Path(name)
             relative = _relative(path, root)
             try:
@@ -457,7 +470,7 @@ class SARSense(_ReportingBuilderMixin, datasets.GeneratorBasedBuilder):
                 **{k: _coerce(row.get(k), v) for k, v in METADATA_FIELDS.items()},
                 **{k: (None if row.get(k) is None else str(row.get(k))) for k in extra},
             }
-            yield Key(index, 0), example
+            yield Key(shard_index, item_index), example
 
 
 def load_sarsense(
