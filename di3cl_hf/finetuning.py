@@ -263,8 +263,9 @@ class SegmentationDataset(Dataset):
 def load_task_splits(args: FinetuneArguments) -> tuple[Any, Any, Any, list[str]]:
     """Train (label-fraction subset), validation and test splits of ``args.task``, and the class names.
 
-    A missing validation split falls back to the test split and vice versa; a set with only a train
-    split raises (evaluating on training samples would be meaningless).
+    A missing validation split falls back to the test split (the same object; it is only used for
+    the optional periodic validation, never to select a model) and vice versa; a set with only a
+    train split raises (evaluating on training samples would be meaningless).
     """
     from .data import class_names, label_fraction_subset, load_segmentation
 
@@ -657,11 +658,16 @@ def finetune(args: FinetuneArguments) -> dict[str, Any]:
         "class_names": list(class_names),
     }
     for name, loader in eval_loaders.items():
+        if name == "validation" and validation_set is test_set:
+            continue  # no validation split: the test scores below stand for both
         results[name] = evaluate(
             network, loader, accelerator, class_names, args.task, ignore_index, args.relaxed_buffer
         )
         if report_to:
             accelerator.log(_scalar_scores(results[name], name), step=args.max_steps)
+    results["validation_is_test"] = validation_set is test_set
+    if results["validation_is_test"]:
+        results["validation"] = results["test"]
     results["final_train_loss"] = history[-1]["train/loss"] if history else None
     results["arguments"] = asdict(args)
     results["num_train_samples"] = len(train_data)
@@ -953,7 +959,7 @@ def _grid_finetune_arguments(
 def _kmeans_encoder(grid: EvaluationGridArguments, init: str) -> tuple[nn.Module, Any]:
     from .configuration_di3cl import DI3CLConfig
     from .image_processing_di3cl import DI3CLImageProcessor
-    from .modeling_di3cl import DI3CLForSemanticSegmentation, DI3CLModel
+    from .modeling_di3cl import DI3CLModel
 
     if init == "di3cl":
         encoder = DI3CLModel.from_pretrained(grid.pretrained_model, dtype=torch.float32)
@@ -965,10 +971,10 @@ def _kmeans_encoder(grid: EvaluationGridArguments, init: str) -> tuple[nn.Module
         )
         return encoder, processor
     torch.manual_seed(grid.seed)
-    model = DI3CLForSemanticSegmentation(DI3CLConfig(backbone=grid.backbone, num_channels=grid.num_channels))
+    encoder = DI3CLModel(DI3CLConfig(backbone=grid.backbone, num_channels=grid.num_channels))
     if init == "imagenet":
-        load_imagenet_weights(model, grid.imagenet_weights)
-    return model.base_model, DI3CLImageProcessor(num_channels=grid.num_channels)
+        load_imagenet_weights(encoder, grid.imagenet_weights)
+    return encoder, DI3CLImageProcessor(num_channels=grid.num_channels)
 
 
 def run_evaluation_grid(grid: EvaluationGridArguments) -> dict[str, Any]:
