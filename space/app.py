@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parent
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline demo
 # In the pushed Space the package is bundled next to app.py; in a checkout it is one level up.
 for _root in (APP_DIR, APP_DIR.parent):
     if (_root / "di3cl_hf" / "__init__.py").is_file():
@@ -381,13 +382,15 @@ def segment(file: str | None, task: str, radiometry: str):
     try:
         return _segment(file, task, radiometry)
     except SpaceInputError as error:
-        raise gr.Error(html.escape(str(error)), print_exception=False) from None
+        raise gr.Error(html.escape(str(error), quote=False), print_exception=False) from None
     except gr.Error:
         raise
     except Exception as error:  # never a stack trace in the UI; the log keeps it
         LOGGER.exception("prediction failed")
         name = Path(file).name if file else "the input"
-        raise gr.Error(html.escape(f"Could not process {name}: {type(error).__name__}: {error}")) from None
+        raise gr.Error(
+            html.escape(f"Could not process {name}: {type(error).__name__}: {error}", quote=False)
+        ) from None
 
 
 def _segment(file: str | None, task: str, radiometry: str):

@@ -242,6 +242,47 @@ def test_wrong_band_count_is_explained(client, tmp_path: Path) -> None:
         _predict(client, path, "Roads")
 
 
+@pytest.fixture(scope="module")
+def app_module():
+    """space/app.py imported in this process (for handler-level checks without a server)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("di3cl_space_app", REPO_ROOT / "space" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_unexpected_failures_and_missing_models_are_messages(app_module, geotiff: Path, monkeypatch) -> None:
+    import gradio as gr
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tile runner exploded")
+
+    monkeypatch.setattr(app_module, "run_segmentation", broken)
+    with pytest.raises(gr.Error, match="Could not process s1_patch.tif: RuntimeError: tile runner exploded"):
+        app_module.segment(str(geotiff), "Water", "auto")
+    monkeypatch.undo()
+    monkeypatch.setattr(app_module, "model_location", lambda task: None)
+    app_module.load_task_model.cache_clear()
+    with pytest.raises(gr.Error, match="No roads model is installed. Set DI3CL_MODEL_DIR"):
+        app_module.segment(str(geotiff), "Roads", "auto")
+    with pytest.raises(gr.Error, match="Unknown task 'Clouds'"):
+        app_module.segment(str(geotiff), "Clouds", "auto")
+
+
+def test_model_location_order(app_module, tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "water").mkdir()
+    (tmp_path / "water" / "config.json").write_text("{}")
+    monkeypatch.setenv("DI3CL_MODEL_DIR", str(tmp_path))
+    monkeypatch.delenv("DI3CL_MODEL_WATER", raising=False)
+    assert app_module.model_location("water") == str(tmp_path / "water")
+    monkeypatch.setenv("DI3CL_MODEL_WATER", "sar-lab/di3cl-water")
+    assert app_module.model_location("water") == "sar-lab/di3cl-water"
+
+
 # ------------------------------------------------------------------------------ headless Chromium
 
 
