@@ -332,7 +332,11 @@ class SARScene:
             valid &= _inside_mask(window, self.height, self.width)
         transform = None
         if self.transform is not None:
-            transform = ds.window_transform(window) if window is not None else ds.transform
+            transform = (
+                ds.transform @ Affine.translation(window.col_off, window.row_off)
+                if window is not None
+                else ds.transform
+            )
         names = tuple(self.band_names[i - 1] for i in indexes)
         return SARRaster(array, valid, self.crs, transform, self.nodata, self.path, names)
 

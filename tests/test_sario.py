@@ -91,6 +91,30 @@ def test_valid_mask_from_nodata_nan_and_inf(tmp_path):
     assert nan_nodata.valid_mask.sum() == 8 * 9 - 2  # NaN and inf; -99 is data here
 
 
+def test_valid_mask_from_an_internal_mask_band(tmp_path):
+    path = tmp_path / "masked.tif"
+    array = np.full((1, 16, 16), 7, np.uint16)
+    mask = np.ones((16, 16), np.uint8) * 255
+    mask[:4] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=16,
+            height=16,
+            count=1,
+            dtype="uint16",
+            crs="EPSG:32631",
+            transform=TRANSFORM,
+        ) as ds:
+            ds.write(array)
+            ds.write_mask(mask)
+    raster = read_sar(path)
+    np.testing.assert_array_equal(raster.array, array)  # masked pixels keep their values
+    np.testing.assert_array_equal(raster.valid_mask, mask > 0)
+
+
 def test_windows_transforms_and_boundless_reads(tmp_path):
     array = _random("float32", (2, 100, 130))
     path = write_geotiff(tmp_path / "scene.tif", array, crs="EPSG:32631", transform=TRANSFORM, nodata=-99.0)
