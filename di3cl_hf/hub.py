@@ -358,7 +358,7 @@ def _loading_snippets(repo_id: str, segmentation: bool, num_channels: int, has_c
             "A whole scene of any size, written as a georeferenced GeoTIFF (tiled, blended windows):",
             "",
             "```bash",
-            f"di3cl predict scene.tif water_mask.tif --model {repo_id}",
+            f"di3cl predict {repo_id} scene.tif mask.tif",
             "```",
         ]
     else:
@@ -535,7 +535,7 @@ def build_model_card(
         sections += [
             "A pre-trained SAR encoder to fine-tune for land-cover mapping, water-body detection or road "
             "extraction (e.g. with `DI3CLForSemanticSegmentation`, a UperNet head on this encoder), or to embed "
-            "patches (`di3cl embed`). The paper fine-tunes it with 1–100 % of the labels.",
+            "patches (`di3cl embed`); it is meant to need few labels (e.g. 1 %, 5 % or 10 % of a labelled set).",
         ]
     sections += [
         "",
