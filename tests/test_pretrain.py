@@ -433,3 +433,48 @@ def test_push_to_hub_uploads_encoder_with_run_card(tmp_path, sarsense):
     assert {"README.md", "model.safetensors", "config.json", "preprocessor_config.json"} <= set(files)
     assert files["README.md"].decode() == (out / "encoder" / "README.md").read_text()
     assert files["model.safetensors"] == (out / "encoder" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_sigterm_to_accelerate_launch_saves_and_two_processes_resume_exactly(tmp_path, sarsense):
+    steps = 8
+    options = {**TINY, "data_dir": str(sarsense), "max_steps": steps, "save_steps": 0}
+
+    def launch(output_dir: Path, *extra: str) -> list[str]:
+        return [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(29000 + (os.getpid() + len(extra) * 7 + len(str(output_dir))) % 500),
+            str(REPO / "examples" / "pretrain.py"), *_cli({**options, "output_dir": str(output_dir)}), *extra,
+        ]  # fmt: skip
+
+    env = _env(tmp_path)
+    reference = tmp_path / "reference"
+    result = subprocess.run(launch(reference), env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        launch(interrupted), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    log = []
+    for line in process.stdout:
+        log.append(line)
+        if "step 2/" in line:
+            process.send_signal(signal.SIGTERM)  # the launcher forwards it to both processes
+            break
+    log += process.stdout.readlines()
+    process.wait(timeout=200)
+    state = json.loads((interrupted / "trainer_state.json").read_text())
+    assert state["stopped_by"] == "signal" and 2 <= state["global_step"] < steps, "".join(log[-40:])
+    assert len(set(state["queue_digests"])) == 1
+
+    result = subprocess.run(
+        launch(interrupted, "--resume_from_checkpoint", "latest"), env=env, capture_output=True, text=True,
+        timeout=400,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = load_file(str(reference / "checkpoints" / f"checkpoint-{steps}" / "model.safetensors"))
+    actual = load_file(str(interrupted / "checkpoints" / f"checkpoint-{steps}" / "model.safetensors"))
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
