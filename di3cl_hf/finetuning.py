@@ -905,6 +905,10 @@ class EvaluationGridArguments:
     kmeans: bool = field(
         default=True, metadata={"help": "Also score k-means clusters of the frozen encoder."}
     )
+    save_models: bool = field(
+        default=False,
+        metadata={"help": "Keep every fine-tuned model (save_pretrained + processor + card) under runs/."},
+    )
     kmeans_stage: str = field(default="stage3", metadata={"help": "Encoder stage clustered by k-means."})
     metric: str = field(
         default="miou", metadata={"help": "Metric of the curves: miou, overall_accuracy, kappa."}
@@ -951,7 +955,7 @@ def _grid_finetune_arguments(
         mixed_precision=grid.mixed_precision,
         seed=grid.seed,
         report_to="none",
-        save_model=False,
+        save_model=grid.save_models,
         progress=False,
     )
 
