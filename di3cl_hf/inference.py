@@ -9,10 +9,10 @@
 3. Per-class probabilities (softmax of the logits) are blended with a separable raised-cosine
    window (1 in the tile centre, falling to near 0 over the ``overlap`` at the tile edges, clamped
    away from 0) and normalised by the summed weights, so no seams show.
-4. Rows of tiles are processed one after another and, inside a row, columns are flushed to the
-   output as soon as no later tile touches them. Memory therefore holds one batch of tiles, one
-   row of tiles' columns spanned by a batch, and a full-width band of ``overlap`` rows carried to
-   the next row of tiles: it grows with the scene width only through that thin band.
+4. Tiles are blended in row-major order (batches may span rows of tiles); the columns of a tile that
+   no later tile of its row reaches are written out as soon as it is added. Memory therefore holds
+   one batch of tiles, one tile-sized accumulator, and a full-width band of ~``overlap`` rows carried
+   to the next row of tiles: it grows with the scene width only through that thin band.
 5. The output GeoTIFF (tiled, compressed, Cloud-Optimized by default) gets the input's CRS and
    transform, is written window by window into a temporary file and moved into place only when
    complete (:func:`di3cl_hf.sario.create_geotiff`), so an interrupted run leaves nothing under the
@@ -36,7 +36,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,13 +250,12 @@ class ScenePrediction:
 
 
 @dataclass
-class _Chunk:
-    """A batch of consecutive tiles of one row of tiles."""
+class _Tile:
+    """One tile: its row and column in the tile grid and its window in the scene (clipped to it)."""
 
     row: int
-    columns: list[int]
-    window: Window  # the scene window covering all tiles of the chunk
-    done: int  # columns before this one are final for the row once the chunk is added
+    col: int
+    window: Window
 
 
 class _TileRunner:
@@ -393,7 +392,7 @@ def predict_scene(
             cog=cog,
             band_names=band_names,
         ) as writer:
-            blender = _StripBlender(
+            blender = _TileBlender(
                 writer=writer,
                 height=height,
                 width=width,
@@ -401,11 +400,10 @@ def predict_scene(
                 row_starts=row_starts,
                 col_starts=col_starts,
                 num_labels=num_labels,
-                batch_size=batch_size,
                 output_type=output_type,
                 weights_2d=weights_2d,
             )
-            skipped = blender.run(scene, preprocess, runner, progress=progress)
+            skipped = _run_tiles(blender, scene, preprocess, runner, batch_size, progress=progress)
     seconds = time.perf_counter() - start
     return ScenePrediction(
         path=Path(output_path),
@@ -419,16 +417,21 @@ def predict_scene(
     )
 
 
-class _StripBlender:
-    """Accumulates weighted tile probabilities row of tiles by row of tiles and writes finished pixels.
+class _TileBlender:
+    """Accumulates weighted tile probabilities in row-major tile order and writes finished pixels.
 
-    Buffers (K = classes, T = tile size, W = scene width):
+    Tiles arrive row of tiles by row of tiles, left to right. When tile ``c`` of a row has been added,
+    no later tile of that row reaches the columns left of tile ``c + 1``: those columns of the rows
+    that the next row of tiles does not cover are final and written out at once; the rows it does
+    cover go into the carry band. Buffers (K = classes, T = tile size, W = scene width):
 
-    - ``acc``/``weight``/``valid``: the current row of tiles, ``[K, T, span]`` where ``span`` is the
-      width of the columns one batch of tiles covers (independent of W); columns are written out
-      and the buffer shifted as soon as no later tile of the row reaches them.
-    - ``carry``/``carry_weight``: full-width ``[K, overlap, W]`` sums of the rows the next row of
-      tiles overlaps, added in when that row's columns are flushed.
+    - ``acc``/``weight``/``valid``: ``[K, T, T]``, the current tile's footprint (shifted left after
+      each flush, so the next tile of the row lands at column 0);
+    - ``carry``/``carry_weight``: ``[K, ~overlap, W]``, the sums of the rows the next row of tiles
+      overlaps, added in when that row's columns are flushed.
+
+    Memory is therefore independent of the scene height, and grows with its width only through the
+    thin carry band.
     """
 
     def __init__(
@@ -440,7 +443,6 @@ class _StripBlender:
         row_starts: list[int],
         col_starts: list[int],
         num_labels: int,
-        batch_size: int,
         output_type: str,
         weights_2d: np.ndarray,
     ) -> None:
@@ -450,82 +452,38 @@ class _StripBlender:
         self.row_starts, self.col_starts = row_starts, col_starts
         self.num_labels = num_labels
         self.output_type = output_type
-        self.chunks_per_row = [
-            col_starts[i : i + batch_size] for i in range(0, len(col_starts), batch_size)
-        ]  # tile offsets per batch, same for every row
-        span = max(min(width, cols[-1] + tile_size) - cols[0] for cols in self.chunks_per_row)
-        rows_per_strip = min(tile_size, height)
+        rows, cols = min(tile_size, height), min(tile_size, width)
         carry_rows = max(
             (min(height, y + tile_size) - row_starts[i + 1] for i, y in enumerate(row_starts[:-1])), default=0
         )
-        self.acc = np.zeros((num_labels, rows_per_strip, span), dtype=np.float32)
-        self.weight = np.zeros((rows_per_strip, span), dtype=np.float32)
-        self.valid = np.zeros((rows_per_strip, span), dtype=bool)
-        self.carry = np.zeros((num_labels, max(carry_rows, 0), width), dtype=np.float32)
-        self.carry_weight = np.zeros((max(carry_rows, 0), width), dtype=np.float32)
-        self.carry_rows = 0  # rows of ``carry`` in use (they start at the current strip's first row)
+        self.acc = np.zeros((num_labels, rows, cols), dtype=np.float32)
+        self.weight = np.zeros((rows, cols), dtype=np.float32)
+        self.valid = np.zeros((rows, cols), dtype=bool)
+        self.carry = np.zeros((num_labels, carry_rows, width), dtype=np.float32)
+        self.carry_weight = np.zeros((carry_rows, width), dtype=np.float32)
+        self.carry_rows = 0  # rows of ``carry`` in use (they start at the current row of tiles' first row)
 
-    def _chunks(self) -> Iterator[_Chunk]:
-        for row, y in enumerate(self.row_starts):
-            rows = min(self.tile, self.height - y)
-            for index, cols in enumerate(self.chunks_per_row):
-                x0, x1 = cols[0], min(self.width, cols[-1] + self.tile)
-                following = self.chunks_per_row[index + 1 : index + 2]
-                done = following[0][0] if following else self.width
-                yield _Chunk(row, cols, Window(x0, y, x1 - x0, rows), done)
+    def tiles(self) -> list[_Tile]:
+        """All tiles in the order :meth:`add` expects them."""
+        return [
+            _Tile(r, c, Window(x, y, min(self.tile, self.width - x), min(self.tile, self.height - y)))
+            for r, y in enumerate(self.row_starts)
+            for c, x in enumerate(self.col_starts)
+        ]
 
-    def run(
-        self, scene: Any, preprocess: ScenePreprocessor, runner: _TileRunner, progress: bool = True
-    ) -> int:
-        """Predict every tile, write every pixel; returns the number of skipped (all-nodata) tiles."""
-        bands = preprocess.bands
-
-        def load(chunk: _Chunk) -> tuple[np.ndarray, np.ndarray]:
-            raster = scene.read(chunk.window, bands=bands)
-            return preprocess(raster.array, raster.valid_mask)
-
-        chunks = list(self._chunks())
-        skipped = 0
-        bar = tqdm(total=len(self.row_starts) * len(self.col_starts), unit="tile", disable=not progress)
-        # One reader thread prefetches the next window (GDAL and numpy release the GIL) while the
-        # model runs on the current batch.
-        with ThreadPoolExecutor(max_workers=1) as pool, bar:
-            pending = pool.submit(load, chunks[0])
-            for index, chunk in enumerate(chunks):
-                pixel_values, valid = pending.result()
-                if index + 1 < len(chunks):
-                    pending = pool.submit(load, chunks[index + 1])
-                skipped += self._process(chunk, pixel_values, valid, runner)
-                bar.update(len(chunk.columns))
-        return skipped
-
-    def _process(
-        self, chunk: _Chunk, pixel_values: np.ndarray, valid: np.ndarray, runner: _TileRunner
-    ) -> int:
-        tile, window = self.tile, chunk.window
-        rows, span = window.height, window.width
-        x0 = window.col_off
-        self.valid[:rows, :span] = valid
-        tiles, offsets = [], []
-        for x in chunk.columns:
-            local = x - x0
-            cols = min(tile, span - local)
-            if not valid[:, local : local + cols].any():
-                continue  # nothing to predict: the pixels stay nodata
-            batch_tile = np.zeros((pixel_values.shape[0], tile, tile), dtype=np.float32)
-            batch_tile[:, :rows, :cols] = pixel_values[:, :, local : local + cols]
-            tiles.append(batch_tile)
-            offsets.append((local, cols))
-        if tiles:
-            weighted = runner(np.stack(tiles))
-            for (local, cols), probs in zip(offsets, weighted):
-                self.acc[:, :rows, local : local + cols] += probs[:, :rows, :cols]
-                self.weight[:rows, local : local + cols] += self.weights_2d[:rows, :cols]
-        self._flush(chunk.row, x0, chunk.done, rows, span)
-        return len(chunk.columns) - len(tiles)
+    def add(self, tile: _Tile, probabilities: np.ndarray | None, valid: np.ndarray) -> None:
+        """Add one tile's weighted probabilities ``[K, T, T]`` (``None``: skipped, all nodata)."""
+        rows, cols = tile.window.height, tile.window.width
+        if probabilities is not None:
+            self.acc[:, :rows, :cols] += probabilities[:, :rows, :cols]
+            self.weight[:rows, :cols] += self.weights_2d[:rows, :cols]
+        self.valid[:rows, :cols] = valid
+        x0 = tile.window.col_off
+        x1 = self.col_starts[tile.col + 1] if tile.col + 1 < len(self.col_starts) else self.width
+        self._flush(tile.row, x0, x1, rows, cols)
 
     def _flush(self, row: int, x0: int, x1: int, rows: int, span: int) -> None:
-        """Write columns ``[x0, x1)`` of the finished rows of this strip; carry the overlap rows."""
+        """Write columns ``[x0, x1)`` of the finished rows of this row of tiles; carry the overlap rows."""
         width = x1 - x0
         y = self.row_starts[row]
         next_y = self.row_starts[row + 1] if row + 1 < len(self.row_starts) else self.height
@@ -546,13 +504,62 @@ class _StripBlender:
         if carried > 0:
             self.carry[:, :carried, x0:x1] = acc[:, final:rows]
             self.carry_weight[:carried, x0:x1] = weight[final:rows]
-        # shift what the next batch of this row still adds to, zero the rest
+        # shift what the next tile of this row still adds to, zero the rest
         keep = span - width
         for buffer in (self.acc, self.weight, self.valid):
             buffer[..., :keep] = buffer[..., width:span].copy()
             buffer[..., keep:] = 0
         if x1 == self.width:  # row of tiles finished: the carry now starts at the next row's first row
             self.carry_rows = max(carried, 0)
+
+
+def _run_tiles(
+    blender: _TileBlender,
+    scene: Any,
+    preprocess: ScenePreprocessor,
+    runner: _TileRunner,
+    batch_size: int,
+    progress: bool = True,
+) -> int:
+    """Read, predict and blend every tile (batches may span rows of tiles); returns the skipped count."""
+    tiles = blender.tiles()
+    batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
+    tile_size, bands = blender.tile, preprocess.bands
+
+    def load(batch: list[_Tile]) -> list[tuple[np.ndarray, np.ndarray]]:
+        loaded = []
+        for tile in batch:
+            raster = scene.read(tile.window, bands=bands)
+            loaded.append(preprocess(raster.array, raster.valid_mask))
+        return loaded
+
+    skipped = 0
+    # One reader thread prefetches the next batch (GDAL and numpy release the GIL) while the model
+    # runs on the current one.
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        tqdm(total=len(tiles), unit="tile", disable=not progress) as bar,
+    ):
+        pending = pool.submit(load, batches[0])
+        for index, batch in enumerate(batches):
+            loaded = pending.result()
+            if index + 1 < len(batches):
+                pending = pool.submit(load, batches[index + 1])
+            wanted = [i for i, (_, valid) in enumerate(loaded) if valid.any()]
+            results: list[np.ndarray | None] = [None] * len(batch)
+            if wanted:
+                channels = loaded[wanted[0]][0].shape[0]
+                stack = np.zeros((len(wanted), channels, tile_size, tile_size), dtype=np.float32)
+                for slot, i in enumerate(wanted):
+                    pixel_values = loaded[i][0]
+                    stack[slot, :, : pixel_values.shape[1], : pixel_values.shape[2]] = pixel_values
+                for slot, probabilities in zip(wanted, runner(stack)):
+                    results[slot] = probabilities
+            for tile, (_, valid), probabilities in zip(batch, loaded, results):
+                blender.add(tile, probabilities, valid)
+            skipped += len(batch) - len(wanted)
+            bar.update(len(batch))
+    return skipped
 
 
 # ------------------------------------------------------------------------------------ embeddings

@@ -17,7 +17,7 @@ from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
 from di3cl_hf.inference import (
     OUTPUT_NODATA,
     PROBABILITY_SCALE,
-    _StripBlender,
+    _TileBlender,
     blend_weights,
     embed_files,
     predict_scene,
@@ -290,20 +290,18 @@ def test_bf16_matches_fp32(scene, processor, tmp_path: Path) -> None:
     assert agreement >= 0.99
 
 
-def test_memory_is_bounded_by_a_batch_and_a_thin_band() -> None:
-    """The buffers do not grow with the scene height, and with its width only through the overlap band."""
+def test_memory_is_bounded_by_a_tile_and_a_thin_band() -> None:
+    """The accumulators do not grow with the scene height, and with its width only through the overlap band."""
 
-    def buffers(height: int, width: int) -> _StripBlender:
-        return _StripBlender(
+    def buffers(height: int, width: int) -> _TileBlender:
+        return _TileBlender(
             writer=None, height=height, width=width, tile_size=256, row_starts=tile_starts(height, 256, 32),
-            col_starts=tile_starts(width, 256, 32), num_labels=10, batch_size=4, output_type="classes",
+            col_starts=tile_starts(width, 256, 32), num_labels=10, output_type="classes",
             weights_2d=np.ones((256, 256), np.float32),
         )  # fmt: skip
 
     small, large = buffers(4096, 4096), buffers(16384, 16384)
-    span = 3 * (256 - 32 + 1) + 256  # [K, tile, span of one batch of 4 tiles], whatever the scene size
-    assert small.acc.shape[:2] == large.acc.shape[:2] == (10, 256)
-    assert small.acc.shape[2] <= span and large.acc.shape[2] <= span
+    assert small.acc.shape == large.acc.shape == (10, 256, 256)  # one tile
     assert large.carry.shape[1] <= 40  # the overlap band: ~32 rows, not a strip of 256
     assert large.carry.nbytes <= 10 * 40 * 16384 * 4
 
