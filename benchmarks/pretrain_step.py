@@ -214,7 +214,15 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=3, help="timed steps of each (after one warm-up)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's; 1 is steadier on a busy CPU)",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from accelerate import Accelerator
 
