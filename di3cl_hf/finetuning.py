@@ -901,7 +901,12 @@ class EvaluationGridArguments:
     learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate."})
     decoder_hidden_size: int = field(default=128, metadata={"help": "UperNet channels."})
     mixed_precision: str = field(default="bf16", metadata={"help": "bf16, fp16 or no."})
-    seed: int = field(default=0, metadata={"help": "Seed of every run."})
+    seeds: list[int] = field(
+        default_factory=lambda: [0],
+        metadata={
+            "help": "Seeds; each (task, init, fraction) runs once per seed (label subset, heads, data order)."
+        },
+    )
     kmeans: bool = field(
         default=True, metadata={"help": "Also score k-means clusters of the frozen encoder."}
     )
@@ -933,11 +938,13 @@ class EvaluationGridArguments:
 
 
 def _grid_finetune_arguments(
-    grid: EvaluationGridArguments, task: str, init: str, fraction: float
+    grid: EvaluationGridArguments, task: str, init: str, fraction: float, seed: int
 ) -> FinetuneArguments:
     return FinetuneArguments(
         data_dir=grid.data_dir,
-        output_dir=str(Path(grid.output_dir) / "runs" / task / init / f"labels-{fraction:g}"),
+        output_dir=str(
+            Path(grid.output_dir) / "runs" / task / init / f"labels-{fraction:g}" / f"seed-{seed}"
+        ),
         task=task,
         init=init,
         model_name_or_path=grid.pretrained_model if init == "di3cl" else None,
@@ -953,7 +960,7 @@ def _grid_finetune_arguments(
         decoder_hidden_size=grid.decoder_hidden_size,
         segmentation_loss="ce+dice" if task == "roads" else "ce",
         mixed_precision=grid.mixed_precision,
-        seed=grid.seed,
+        seed=seed,
         report_to="none",
         save_model=grid.save_models,
         progress=False,
@@ -974,7 +981,7 @@ def _kmeans_encoder(grid: EvaluationGridArguments, init: str) -> tuple[nn.Module
             else DI3CLImageProcessor(num_channels=encoder.config.num_channels)
         )
         return encoder, processor
-    torch.manual_seed(grid.seed)
+    torch.manual_seed(grid.seeds[0])
     encoder = DI3CLModel(DI3CLConfig(backbone=grid.backbone, num_channels=grid.num_channels))
     if init == "imagenet":
         load_imagenet_weights(encoder, grid.imagenet_weights)
@@ -999,24 +1006,36 @@ def run_evaluation_grid(grid: EvaluationGridArguments) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     kmeans_results: dict[str, dict[str, Any]] = {}
-    runs = [(t, i, f) for t in grid.tasks for i in grid.initialisations for f in grid.label_fractions]
+    runs = [
+        (t, i, f, seed)
+        for t in grid.tasks
+        for i in grid.initialisations
+        for f in grid.label_fractions
+        for seed in grid.seeds
+    ]
+    per_seed: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     started = time.perf_counter()
-    for task, init, fraction in tqdm(runs, desc="evaluation grid"):
-        run = finetune(_grid_finetune_arguments(grid, task, init, fraction))
-        results.setdefault(task, {}).setdefault(init, {})[f"{fraction:g}"] = {
-            **run["test"],
-            "num_train_samples": run["num_train_samples"],
-            "train_seconds": run["train_seconds"],
-            "final_train_loss": run["final_train_loss"],
-        }
+    for task, init, fraction, seed in tqdm(runs, desc="evaluation grid"):
+        run = finetune(_grid_finetune_arguments(grid, task, init, fraction, seed))
+        per_seed.setdefault((task, init, fraction), []).append(
+            {
+                **run["test"],
+                "seed": seed,
+                "num_train_samples": run["num_train_samples"],
+                "train_seconds": run["train_seconds"],
+                "final_train_loss": run["final_train_loss"],
+            }
+        )
+    for (task, init, fraction), seed_runs in per_seed.items():
+        results.setdefault(task, {}).setdefault(init, {})[f"{fraction:g}"] = mean_scores(seed_runs)
     if grid.kmeans:
         for task in grid.tasks:
-            arguments = _grid_finetune_arguments(grid, task, "random", 1.0)
+            arguments = _grid_finetune_arguments(grid, task, "random", 1.0, grid.seeds[0])
             train, _, test, class_names = load_task_splits(arguments)
             for init in grid.initialisations:
                 encoder, processor = _kmeans_encoder(grid, init)
                 kmeans_results.setdefault(task, {})[init] = evaluate_kmeans(
-                    encoder, processor, train, test, class_names, stage=grid.kmeans_stage, seed=grid.seed
+                    encoder, processor, train, test, class_names, stage=grid.kmeans_stage, seed=grid.seeds[0]
                 )
     summary = {
         "results": results,
@@ -1031,35 +1050,95 @@ def run_evaluation_grid(grid: EvaluationGridArguments) -> dict[str, Any]:
     return summary
 
 
+HEADLINE_METRICS = ("overall_accuracy", "kappa", "miou", "mean_f1")
+
+
+def mean_scores(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Average the scores of the same setting over seeds.
+
+    Returns:
+        A scores dict (headline metrics, per-class ``f1``/``iou``, ``relaxed`` precision/recall/F1, all
+        means over seeds) plus ``std`` (headline metrics and ``relaxed_f1``; population standard
+        deviation, 0 for one seed), ``num_seeds``, ``num_train_samples`` and ``seeds`` (each seed's
+        headline metrics).
+    """
+    if not runs:
+        raise ValueError("mean_scores: no runs to average")
+
+    def mean(values: list[float]) -> float:
+        finite = [value for value in values if value is not None and math.isfinite(value)]
+        return float(np.mean(finite)) if finite else float("nan")
+
+    def std(values: list[float]) -> float:
+        finite = [value for value in values if value is not None and math.isfinite(value)]
+        return float(np.std(finite)) if finite else float("nan")
+
+    averaged: dict[str, Any] = {key: mean([run[key] for run in runs]) for key in HEADLINE_METRICS}
+    averaged["std"] = {key: std([run[key] for run in runs]) for key in HEADLINE_METRICS}
+    averaged["per_class"] = {
+        name: {metric: mean([run["per_class"][name][metric] for run in runs]) for metric in ("f1", "iou")}
+        for name in runs[0].get("per_class", {})
+    }
+    if all("relaxed" in run for run in runs):
+        averaged["relaxed"] = {
+            key: mean([run["relaxed"][key] for run in runs]) for key in ("precision", "recall", "f1")
+        }
+        averaged["std"]["relaxed_f1"] = std([run["relaxed"]["f1"] for run in runs])
+    averaged["num_seeds"] = len(runs)
+    averaged["num_train_samples"] = runs[0].get("num_train_samples")
+    averaged["seeds"] = [
+        {
+            "seed": run.get("seed"),
+            **{key: run[key] for key in HEADLINE_METRICS},
+            "relaxed_f1": (run.get("relaxed") or {}).get("f1"),
+            "num_train_samples": run.get("num_train_samples"),
+            "train_seconds": run.get("train_seconds"),
+            "final_train_loss": run.get("final_train_loss"),
+        }
+        for run in runs
+    ]
+    return averaged
+
+
 def comparison_table(summary: Mapping[str, Any]) -> str:
     """One markdown table of the whole grid: task, labels, initialisation, OA / Kappa / mIoU / mean F1
-    (and relaxed F1 for roads) in percent; k-means rows have ``0 (k-means)`` labels."""
+    (and relaxed F1 for roads) in percent, ``mean ± std`` over seeds when there are several; k-means
+    rows have ``0 (k-means)`` labels."""
 
-    def percent(value: Any) -> str:
-        return "–" if value is None or not math.isfinite(float(value)) else f"{100 * float(value):.2f}"
+    def percent(value: Any, spread: Any = None) -> str:
+        if value is None or not math.isfinite(float(value)):
+            return "–"
+        if spread is not None and math.isfinite(float(spread)):
+            return f"{100 * float(value):.2f} ± {100 * float(spread):.2f}"
+        return f"{100 * float(value):.2f}"
+
+    def cells(scores: Mapping[str, Any], relaxed: bool) -> list[str]:
+        spread = (scores.get("std") or {}) if scores.get("num_seeds", 1) > 1 else {}
+        row = [percent(scores.get(key), spread.get(key)) for key in HEADLINE_METRICS]
+        relaxed_f1 = (scores.get("relaxed") or {}).get("f1")
+        row.append(percent(relaxed_f1, spread.get("relaxed_f1")) if relaxed else "–")
+        return row
 
     lines = [
-        "| Task | Labels | Init | Train samples | OA | Kappa | mIoU | mean F1 | relaxed F1 |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| Task | Labels | Init | Train samples | Seeds | OA | Kappa | mIoU | mean F1 | relaxed F1 |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for task, by_init in summary["results"].items():
         fractions = sorted({fraction for runs in by_init.values() for fraction in runs}, key=float)
-        rows = [(fraction, init) for fraction in fractions for init in by_init]
-        for fraction, init in rows:
-            scores = by_init[init].get(fraction)
-            if scores is None:
-                continue
-            relaxed = (scores.get("relaxed") or {}).get("f1")
-            lines.append(
-                f"| {task} | {100 * float(fraction):g} % | {init} | {scores.get('num_train_samples', '')} | "
-                f"{percent(scores['overall_accuracy'])} | {percent(scores['kappa'])} | {percent(scores['miou'])} | "
-                f"{percent(scores['mean_f1'])} | {percent(relaxed)} |"
-            )
+        for fraction in fractions:
+            for init in by_init:
+                scores = by_init[init].get(fraction)
+                if scores is None:
+                    continue
+                lines.append(
+                    f"| {task} | {100 * float(fraction):g} % | {init} | {scores.get('num_train_samples', '')} | "
+                    f"{scores.get('num_seeds', 1)} | " + " | ".join(cells(scores, "relaxed" in scores)) + " |"
+                )
         for init, scores in (summary.get("kmeans") or {}).get(task, {}).items():
             lines.append(
-                f"| {task} | 0 (k-means, {scores.get('num_clusters')} clusters) | {init} | 0 | "
-                f"{percent(scores['overall_accuracy'])} | {percent(scores['kappa'])} | {percent(scores['miou'])} | "
-                f"{percent(scores['mean_f1'])} | – |"
+                f"| {task} | 0 (k-means, {scores.get('num_clusters')} clusters) | {init} | 0 | 1 | "
+                + " | ".join(cells(scores, relaxed=False))
+                + " |"
             )
     return "\n".join(lines) + "\n"
 
@@ -1079,7 +1158,8 @@ def grid_markdown(summary: Mapping[str, Any]) -> str:
 
 def plot_label_efficiency(summary: Mapping[str, Any], path: str | os.PathLike, metric: str = "miou") -> Path:
     """Label-efficiency curves: ``metric`` (%) against the label fraction (log scale), one panel per
-    task and one line per initialisation; k-means scores as dashed horizontal lines. Written as PNG
+    task and one line per initialisation (error bars: standard deviation over seeds); k-means scores
+    as dashed horizontal lines. Written as PNG
     (matplotlib, Agg backend) atomically."""
     import matplotlib
 
@@ -1091,11 +1171,16 @@ def plot_label_efficiency(summary: Mapping[str, Any], path: str | os.PathLike, m
     colours = {"di3cl": "tab:blue", "random": "tab:orange", "imagenet": "tab:green"}
     for axis, task in zip(axes[0], tasks):
         for init, runs in summary["results"][task].items():
-            points = sorted((float(fraction), scores[metric]) for fraction, scores in runs.items())
-            axis.plot(
-                [100 * x for x, _ in points],
-                [100 * y for _, y in points],
+            points = sorted(
+                (float(fraction), scores[metric], (scores.get("std") or {}).get(metric) or 0.0)
+                for fraction, scores in runs.items()
+            )
+            axis.errorbar(
+                [100 * x for x, _, _ in points],
+                [100 * y for _, y, _ in points],
+                yerr=[100 * e for _, _, e in points],
                 marker="o",
+                capsize=3,
                 color=colours.get(init),
                 label=f"{init} (fine-tuned)",
             )
@@ -1141,6 +1226,7 @@ def parse_grid_args(argv: Sequence[str] | None = None) -> EvaluationGridArgument
 
 
 __all__ = [
+    "mean_scores",
     "EvaluationGridArguments",
     "comparison_table",
     "dense_features",

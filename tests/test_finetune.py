@@ -17,6 +17,7 @@ from di3cl_hf.finetuning import (
     evaluate_kmeans,
     finetune,
     grid_markdown,
+    mean_scores,
     plot_label_efficiency,
 )
 
@@ -216,8 +217,17 @@ def test_kmeans_grid_table_and_curves(segmentation_dir, tiny_config, tmp_path):
         "data": "synthetic",
     }
     text = grid_markdown(summary)
-    assert "| water | 1 % | di3cl | 2 | 80.00 | 70.00 | 50.00 | 60.00 | – |" in text
-    assert "0 (k-means, 2 clusters)" in text
+    assert "| water | 1 % | di3cl | 2 | 1 | 80.00 | 70.00 | 50.00 | 60.00 | – |" in text
+    assert "| water | 0 (k-means, 2 clusters) | di3cl | 0 | 1 | 80.00 |" in text
+    # Two seeds: means with the spread.
+    second = {**fake, "miou": 0.7, "per_class": {"water": {"f1": 0.5, "iou": 0.4}}, "seed": 1}
+    averaged = mean_scores([{**fake, "per_class": {"water": {"f1": 0.9, "iou": 0.8}}, "seed": 0}, second])
+    assert averaged["miou"] == pytest.approx(0.6) and averaged["std"]["miou"] == pytest.approx(0.1)
+    assert averaged["per_class"]["water"]["f1"] == pytest.approx(0.7)
+    summary["results"]["water"]["random"]["0.1"] = averaged
+    assert "| water | 10 % | random | 2 | 2 | 80.00 ± 0.00 | 70.00 ± 0.00 | 60.00 ± 10.00 |" in grid_markdown(
+        summary
+    )
     path = plot_label_efficiency(summary, tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="needs --pretrained_model"):
