@@ -6,9 +6,10 @@
 2. Overlapping square tiles (``tile_size``, at least ``overlap`` pixels shared with each neighbour,
    spread evenly so every tile lies inside the scene) are batched through the model under
    ``torch.inference_mode`` with bf16 autocast where the device supports it.
-3. Per-class probabilities (softmax of the logits) are blended with a separable raised-cosine
-   window (1 in the tile centre, falling to near 0 over the ``overlap`` at the tile edges, clamped
-   away from 0) and normalised by the summed weights, so no seams show.
+3. The logits of overlapping tiles are blended with a separable raised-cosine window (1 in the tile
+   centre, falling to near 0 over the ``overlap`` at the tile edges, clamped away from 0) and
+   normalised by the summed weights, so no seams show. The class map is the argmax of the blended
+   logits, the probabilities their softmax (computed once per output pixel, not per tile).
 4. Tiles are blended in row-major order (batches may span rows of tiles); the columns of a tile that
    no later tile of its row reaches are written out as soon as it is added. Memory therefore holds
    one batch of tiles, one tile-sized accumulator, and a full-width band of ~``overlap`` rows carried
@@ -259,7 +260,7 @@ class _Tile:
 
 
 class _TileRunner:
-    """Runs batches of tiles through a model: logits -> softmax -> weighted probabilities."""
+    """Runs batches of tiles through a model: logits (upsampled if needed) times the blending window."""
 
     def __init__(
         self,
@@ -276,7 +277,7 @@ class _TileRunner:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """``tiles`` float32 [N, C, T, T] -> weighted probabilities float32 [N, K, T, T] (numpy)."""
+        """``tiles`` float32 [N, C, T, T] -> weighted logits float32 [N, K, T, T] (numpy)."""
         batch = torch.from_numpy(tiles).to(self.device, non_blocking=True)
         batch = batch.contiguous(memory_format=self.memory_format)
         size = batch.shape[-2:]
@@ -290,8 +291,7 @@ class _TileRunner:
             logits = logits.float()
             if logits.shape[-2:] != size:
                 logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            weighted = torch.softmax(logits, dim=1) * self.weights
-        return weighted.cpu().numpy()
+            return logits.mul_(self.weights).cpu().numpy()
 
 
 def predict_scene(
@@ -418,7 +418,7 @@ def predict_scene(
 
 
 class _TileBlender:
-    """Accumulates weighted tile probabilities in row-major tile order and writes finished pixels.
+    """Accumulates weighted tile logits in row-major tile order and writes finished pixels.
 
     Tiles arrive row of tiles by row of tiles, left to right. When tile ``c`` of a row has been added,
     no later tile of that row reaches the columns left of tile ``c + 1``: those columns of the rows
@@ -471,11 +471,11 @@ class _TileBlender:
             for c, x in enumerate(self.col_starts)
         ]
 
-    def add(self, tile: _Tile, probabilities: np.ndarray | None, valid: np.ndarray) -> None:
-        """Add one tile's weighted probabilities ``[K, T, T]`` (``None``: skipped, all nodata)."""
+    def add(self, tile: _Tile, logits: np.ndarray | None, valid: np.ndarray) -> None:
+        """Add one tile's weighted logits ``[K, T, T]`` (``None``: skipped, all nodata)."""
         rows, cols = tile.window.height, tile.window.width
-        if probabilities is not None:
-            self.acc[:, :rows, :cols] += probabilities[:, :rows, :cols]
+        if logits is not None:
+            self.acc[:, :rows, :cols] += logits[:, :rows, :cols]
             self.weight[:rows, :cols] += self.weights_2d[:rows, :cols]
         self.valid[:rows, :cols] = valid
         x0 = tile.window.col_off
@@ -493,10 +493,15 @@ class _TileBlender:
             acc[:, : self.carry_rows] += self.carry[:, : self.carry_rows, x0:x1]
             weight[: self.carry_rows] += self.carry_weight[: self.carry_rows, x0:x1]
         valid = self.valid[:final, :width] & (weight[:final] > 0)
-        probabilities = acc[:, :final] / np.maximum(weight[:final], 1e-12)
-        if self.output_type == "classes":
-            out = probabilities.argmax(axis=0).astype(np.uint8)[None]
+        if (
+            self.output_type == "classes"
+        ):  # the weight is a positive factor per pixel: argmax needs no division
+            out = acc[:, :final].argmax(axis=0).astype(np.uint8)[None]
         else:
+            logits = acc[:, :final] / np.maximum(weight[:final], 1e-12)
+            logits -= logits.max(axis=0, keepdims=True)
+            probabilities = np.exp(logits, out=logits)
+            probabilities /= probabilities.sum(axis=0, keepdims=True)
             out = np.rint(probabilities * PROBABILITY_SCALE).astype(np.uint8)
         out[:, ~valid] = OUTPUT_NODATA
         self.writer.write(out, Window(x0, y, width, final))
@@ -553,10 +558,10 @@ def _run_tiles(
                 for slot, i in enumerate(wanted):
                     pixel_values = loaded[i][0]
                     stack[slot, :, : pixel_values.shape[1], : pixel_values.shape[2]] = pixel_values
-                for slot, probabilities in zip(wanted, runner(stack)):
-                    results[slot] = probabilities
-            for tile, (_, valid), probabilities in zip(batch, loaded, results):
-                blender.add(tile, probabilities, valid)
+                for slot, logits in zip(wanted, runner(stack)):
+                    results[slot] = logits
+            for tile, (_, valid), logits in zip(batch, loaded, results):
+                blender.add(tile, logits, valid)
             skipped += len(batch) - len(wanted)
             bar.update(len(batch))
     return skipped

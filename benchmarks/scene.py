@@ -1,0 +1,234 @@
+"""Scene inference benchmark: megapixels/s and peak memory of ``di3cl_hf.inference.predict_scene``.
+
+For each scene size (default 4096x4096 and 16384x16384) a synthetic dual-pol scene (float32 dB,
+land-cover-like blocks with speckle-like noise) is generated on the fly, window by window, into an
+uncompressed tiled GeoTIFF. Then a fresh Python process per size:
+
+1. runs ``predict_scene`` (tiles of 512 px, overlap 64, batch 4, bf16 autocast where supported,
+   class map written as a COG) and records its wall time and peak resident memory
+   (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; tracemalloc does not see torch's allocations);
+2. then, in the same process and right after (same model, same load on the machine), runs the
+   reference: the same tiles as one plain in-memory batch loop (tiles read and preprocessed into
+   memory beforehand, one untimed warm-up batch, then model + softmax, nothing else). For the big scene the reference runs on
+   the first ``--reference-tiles`` tiles and is scaled per tile (holding all 1,369 tiles of a 16k
+   scene in memory would take ~2.9 GB and as long again as the scene itself).
+
+Targets (ISSUE 7): peak memory flat (largest scene within 1.25x of the smallest) and throughput within
+1.2x of the in-memory loop. Model: DI3CL resnet18 + UperNet (decoder width 64), 10 classes, random
+weights (speed and memory do not depend on the weights).
+
+The children run with ``OMP_WAIT_POLICY=PASSIVE`` (unless set): on a shared CPU, spinning OpenMP
+threads that get descheduled made convolutions 3-4x slower and the timings meaningless.
+
+Run: ``python benchmarks/scene.py`` (a few minutes on a quiet 2-core CPU; ``--sizes 1024 2048`` for
+a quick look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CLASS_DB = np.array(
+    [-20.0, -14.0, -10.0, -7.5, -3.0], dtype=np.float32
+)  # water, farmland, meadow, forest, urban
+CELL = 64
+STRIP = 512
+
+
+def generate_scene(path: Path, size: int, seed: int = 0) -> Path:
+    """Write a ``size`` x ``size`` dual-pol float32 dB scene strip by strip (never whole in memory)."""
+    from affine import Affine
+
+    from di3cl_hf.sario import create_geotiff
+
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, len(CLASS_DB), size=(size // CELL + 1, size // CELL + 1))
+    transform = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)
+    with create_geotiff(path, size, size, 2, "float32", "EPSG:32631", transform, None, compress=None) as out:
+        for row0 in range(0, size, STRIP):
+            rows = min(STRIP, size - row0)
+            classes = cells[
+                (np.arange(row0, row0 + rows) // CELL)[:, None], (np.arange(size) // CELL)[None, :]
+            ]
+            vv = CLASS_DB[classes] + 2.5 * rng.standard_normal((rows, size), dtype=np.float32)
+            vh = vv - 7.0 + 1.5 * rng.standard_normal((rows, size), dtype=np.float32)
+            out.write(np.stack([vv, vh]), (row0, 0, rows, size))
+    return path
+
+
+def _model(num_labels: int, decoder_width: int):
+    import torch
+
+    from di3cl_hf import DI3CLConfig, DI3CLForSemanticSegmentation
+
+    torch.manual_seed(0)
+    config = DI3CLConfig(
+        backbone="resnet18",
+        num_channels=2,
+        num_labels=num_labels,
+        decoder_hidden_size=decoder_width,
+        auxiliary_channels=16,
+        use_auxiliary_head=False,
+    )
+    return DI3CLForSemanticSegmentation(config).eval()
+
+
+def child(args: argparse.Namespace) -> dict:
+    """One scene size in a fresh process: predict_scene, peak RSS, then the in-memory reference loop."""
+    import torch
+
+    from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
+    from di3cl_hf.inference import ScenePreprocessor, _logits_of, resolve_autocast_dtype, tile_starts
+    from di3cl_hf.inference import predict_scene as run_predict
+    from di3cl_hf.sario import open_scene
+
+    model = _model(args.num_labels, args.decoder_width)
+    processor = DI3CLImageProcessor(num_channels=2)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = run_predict(
+        model, args.scene, args.output, processor, tile_size=args.tile_size, overlap=args.overlap,
+        batch_size=args.batch_size, progress=False,
+    )  # fmt: skip
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+    # Reference: the same tiles, preprocessed into memory first, then a plain batch loop.
+    device = torch.device("cpu")
+    autocast_dtype = resolve_autocast_dtype("auto", device)
+    with open_scene(args.scene) as scene:
+        preprocess = ScenePreprocessor(processor, scene)
+        rows = tile_starts(scene.height, args.tile_size, args.overlap)
+        cols = tile_starts(scene.width, args.tile_size, args.overlap)
+        positions = [(y, x) for y in rows for x in cols][: args.reference_tiles]
+        tiles = []
+        for y, x in positions:
+            raster = scene.read((y, x, args.tile_size, args.tile_size))
+            tiles.append(preprocess(raster.array, raster.valid_mask)[0])
+    tiles = torch.from_numpy(np.stack(tiles))
+    with (
+        torch.inference_mode(),
+        torch.autocast("cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None),
+    ):
+        model(tiles[: args.batch_size].contiguous(memory_format=torch.channels_last))  # warm-up, not timed
+    start = time.perf_counter()
+    with (
+        torch.inference_mode(),
+        torch.autocast("cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None),
+    ):
+        for index in range(0, len(tiles), args.batch_size):
+            batch = tiles[index : index + args.batch_size].contiguous(memory_format=torch.channels_last)
+            torch.softmax(_logits_of(model(batch)).float(), dim=1).numpy()
+    reference_seconds_per_tile = (time.perf_counter() - start) / len(tiles)
+    pixels = result.height * result.width
+    return {
+        "size": result.height,
+        "tiles": result.num_tiles,
+        "seconds": result.seconds,
+        "mpx_per_s": pixels / 1e6 / result.seconds,
+        "seconds_per_tile": result.seconds / result.num_tiles,
+        "reference_tiles": len(tiles),
+        "reference_seconds_per_tile": reference_seconds_per_tile,
+        "reference_mpx_per_s": pixels / 1e6 / (reference_seconds_per_tile * result.num_tiles),
+        "peak_rss_mb": peak_rss_mb,
+        "rss_after_model_mb": rss_before / 1024,
+        "autocast": result.autocast_dtype,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384], help="square scene sizes")
+    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--num-labels", type=int, default=10)
+    parser.add_argument("--decoder-width", type=int, default=64, help="UperNet decoder_hidden_size")
+    parser.add_argument(
+        "--reference-tiles", type=int, default=96, help="tiles in the in-memory reference loop"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where scenes go (default: a temp dir, removed)"
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scene", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args)))
+        return 0
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="di3cl-scene-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"# scene benchmark on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads default"
+    )
+    print(f"# model: DI3CL resnet18 + UperNet({args.decoder_width}), {args.num_labels} classes; tiles {args.tile_size} "
+          f"px, overlap {args.overlap}, batch {args.batch_size}")  # fmt: skip
+    results = []
+    try:
+        for size in args.sizes:
+            scene = workdir / f"scene-{size}.tif"
+            start = time.perf_counter()
+            generate_scene(scene, size)
+            print(
+                f"generated {size}x{size} scene ({scene.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - start:.1f} s",
+                flush=True,
+            )
+            command = [
+                sys.executable, __file__, "--child", "--scene", str(scene), "--output", str(workdir / f"classes-{size}.tif"),
+                "--tile-size", str(args.tile_size), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
+                "--num-labels", str(args.num_labels), "--decoder-width", str(args.decoder_width),
+                "--reference-tiles", str(args.reference_tiles),
+            ]  # fmt: skip
+            # Passive OpenMP waiting: on a shared CPU, spinning worker threads that get descheduled slow
+            # convolutions down 3-4x (measured here); both measurements of the child run with it.
+            env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                print(done.stderr[-4000:], file=sys.stderr)
+                return 1
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            results.append(result)
+            print(
+                f"{size:>6}x{size:<6} tiles {result['tiles']:>5}  predict_scene {result['mpx_per_s']:.3f} Mpx/s "
+                f"({result['seconds']:.1f} s, {result['seconds_per_tile']:.3f} s/tile)  in-memory loop "
+                f"{result['reference_mpx_per_s']:.3f} Mpx/s ({result['reference_seconds_per_tile']:.3f} s/tile over "
+                f"{result['reference_tiles']} tiles)  peak RSS {result['peak_rss_mb']:.0f} MiB "
+                f"(model loaded: {result['rss_after_model_mb']:.0f} MiB)  {result['autocast']}",
+                flush=True,
+            )
+            scene.unlink()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    smallest, largest = results[0], results[-1]
+    memory_ratio = largest["peak_rss_mb"] / smallest["peak_rss_mb"]
+    print(
+        f"peak memory {largest['size']} vs {smallest['size']}: {memory_ratio:.2f}x (target <= 1.25x) "
+        f"{'OK' if memory_ratio <= 1.25 else 'MISSED'}"
+    )
+    for result in results:
+        slowdown = result["reference_mpx_per_s"] / result["mpx_per_s"]
+        print(
+            f"throughput {result['size']}: in-memory loop / predict_scene = {slowdown:.2f}x (target <= 1.2x) "
+            f"{'OK' if slowdown <= 1.2 else 'MISSED'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
