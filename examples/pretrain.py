@@ -12,6 +12,20 @@ Every argument is a field of :class:`di3cl_hf.pretraining.PretrainingArguments` 
 
     # continue after a pre-emption (SIGTERM saved a checkpoint)
     accelerate launch ... examples/pretrain.py <same arguments> --resume_from_checkpoint latest
+
+Short run on synthetic data (CPU, ~5 min; measured on the 2-core development machine, one thread)::
+
+    python -c "from di3cl_hf.synthetic import generate_sarsense; generate_sarsense('synthetic-sarsense', 512, size=96)"
+    OMP_NUM_THREADS=1 python examples/pretrain.py --data_dir synthetic-sarsense --output_dir runs/synthetic \
+        --backbone resnet18 --image_size 64 --min_box_size 16 --queue_size 256 --projection_hidden_dim 512 \
+        --per_device_batch_size 16 --max_steps 400 --learning_rate 0.05 --warmup_steps 10 --momentum 0.99 \
+        --num_workers 1 --logging_steps 10
+
+Chance top-1 is 1/(K+1) = 0.4 %. Mean top-1 per 10-update window (global / contour): 11 % / 7 % at update 20
+(the queue has just been filled with real keys), 65 % / 27 % at update 70, 64 % / 44 % at update 160, then
+slowly down to 16-25 % / 15-25 % at update 300-400 while the instance loss keeps falling (1.5 -> 0.2); the same
+rise-then-fall appears with the instance term off, so it comes from the contrastive task on this small,
+homogeneous synthetic set, not from the instance head. ~20-30 images/s with bf16 autocast.
 """
 
 import sys
