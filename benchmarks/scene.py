@@ -7,9 +7,10 @@ uncompressed tiled GeoTIFF. Then a fresh Python process per size:
 1. runs ``predict_scene`` (tiles of 512 px, overlap 64, batch 4, bf16 autocast where supported,
    class map written as a COG) and records its wall time and peak resident memory
    (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; tracemalloc does not see torch's allocations);
-2. then, in the same process and right after (same model, same load on the machine), runs the
-   reference: the same tiles as one plain in-memory batch loop (tiles read and preprocessed into
-   memory beforehand, one untimed warm-up batch, then model + softmax, nothing else). For the big scene the reference runs on
+2. the reference, in its own fresh process just before and again just after (the load of a shared
+   machine drifts; the two are averaged): the same tiles as one plain in-memory batch loop (tiles
+   read and preprocessed into memory beforehand, one untimed warm-up batch, then model + softmax,
+   nothing else). For the big scene the reference runs on
    the first ``--reference-tiles`` tiles and is scaled per tile (holding all 1,369 tiles of a 16k
    scene in memory would take ~2.9 GB and as long again as the scene itself).
 
@@ -85,29 +86,42 @@ def _model(num_labels: int, decoder_width: int):
     return DI3CLForSemanticSegmentation(config).eval()
 
 
-def child(args: argparse.Namespace) -> dict:
-    """One scene size in a fresh process: predict_scene, peak RSS, then the in-memory reference loop."""
+def child_predict(args: argparse.Namespace) -> dict:
+    """One scene in a fresh process: ``predict_scene`` and the process's peak resident memory."""
+    from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
+    from di3cl_hf.inference import predict_scene
+
+    model = _model(args.num_labels, args.decoder_width)
+    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = predict_scene(
+        model, args.scene, args.output, DI3CLImageProcessor(num_channels=2), tile_size=args.tile_size,
+        overlap=args.overlap, batch_size=args.batch_size, progress=False,
+    )  # fmt: skip
+    return {
+        "size": result.height,
+        "tiles": result.num_tiles,
+        "seconds": result.seconds,
+        "seconds_per_tile": result.seconds / result.num_tiles,
+        "mpx_per_s": result.height * result.width / 1e6 / result.seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # kB on Linux
+        "rss_after_model_mb": rss_model / 1024,
+        "autocast": result.autocast_dtype,
+    }
+
+
+def child_reference(args: argparse.Namespace) -> dict:
+    """The reference in a fresh process: the scene's first tiles, read and preprocessed into memory
+    first, then one plain batch loop (model + softmax, nothing else) after an untimed warm-up batch."""
     import torch
 
     from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
     from di3cl_hf.inference import ScenePreprocessor, _logits_of, resolve_autocast_dtype, tile_starts
-    from di3cl_hf.inference import predict_scene as run_predict
     from di3cl_hf.sario import open_scene
 
-    model = _model(args.num_labels, args.decoder_width)
-    processor = DI3CLImageProcessor(num_channels=2)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = run_predict(
-        model, args.scene, args.output, processor, tile_size=args.tile_size, overlap=args.overlap,
-        batch_size=args.batch_size, progress=False,
-    )  # fmt: skip
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-
-    # Reference: the same tiles, preprocessed into memory first, then a plain batch loop.
-    device = torch.device("cpu")
-    autocast_dtype = resolve_autocast_dtype("auto", device)
+    model = _model(args.num_labels, args.decoder_width).to(memory_format=torch.channels_last)
+    autocast_dtype = resolve_autocast_dtype("auto", torch.device("cpu"))
     with open_scene(args.scene) as scene:
-        preprocess = ScenePreprocessor(processor, scene)
+        preprocess = ScenePreprocessor(DI3CLImageProcessor(num_channels=2), scene)
         rows = tile_starts(scene.height, args.tile_size, args.overlap)
         cols = tile_starts(scene.width, args.tile_size, args.overlap)
         positions = [(y, x) for y in rows for x in cols][: args.reference_tiles]
@@ -116,35 +130,32 @@ def child(args: argparse.Namespace) -> dict:
             raster = scene.read((y, x, args.tile_size, args.tile_size))
             tiles.append(preprocess(raster.array, raster.valid_mask)[0])
     tiles = torch.from_numpy(np.stack(tiles))
-    with (
-        torch.inference_mode(),
-        torch.autocast("cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None),
-    ):
+    autocast = dict(
+        device_type="cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+    )
+    with torch.inference_mode(), torch.autocast(**autocast):
         model(tiles[: args.batch_size].contiguous(memory_format=torch.channels_last))  # warm-up, not timed
-    start = time.perf_counter()
-    with (
-        torch.inference_mode(),
-        torch.autocast("cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None),
-    ):
+        start = time.perf_counter()
         for index in range(0, len(tiles), args.batch_size):
             batch = tiles[index : index + args.batch_size].contiguous(memory_format=torch.channels_last)
             torch.softmax(_logits_of(model(batch)).float(), dim=1).numpy()
-    reference_seconds_per_tile = (time.perf_counter() - start) / len(tiles)
-    pixels = result.height * result.width
-    return {
-        "size": result.height,
-        "tiles": result.num_tiles,
-        "seconds": result.seconds,
-        "mpx_per_s": pixels / 1e6 / result.seconds,
-        "seconds_per_tile": result.seconds / result.num_tiles,
-        "reference_tiles": len(tiles),
-        "reference_seconds_per_tile": reference_seconds_per_tile,
-        "reference_mpx_per_s": pixels / 1e6 / (reference_seconds_per_tile * result.num_tiles),
-        "peak_rss_mb": peak_rss_mb,
-        "rss_after_model_mb": rss_before / 1024,
-        "autocast": result.autocast_dtype,
-        "torch_threads": torch.get_num_threads(),
-    }
+    return {"tiles": len(tiles), "seconds_per_tile": (time.perf_counter() - start) / len(tiles)}
+
+
+def _run_child(kind: str, scene: Path, output: Path, args: argparse.Namespace) -> dict:
+    command = [
+        sys.executable, __file__, "--child", kind, "--scene", str(scene), "--output", str(output),
+        "--tile-size", str(args.tile_size), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
+        "--num-labels", str(args.num_labels), "--decoder-width", str(args.decoder_width),
+        "--reference-tiles", str(args.reference_tiles),
+    ]  # fmt: skip
+    # Passive OpenMP waiting: on a shared CPU, spinning worker threads that get descheduled slow
+    # convolutions down 3-4x (measured here); every child runs with it.
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark child {kind} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where scenes go (default: a temp dir, removed)"
     )
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("predict", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--scene", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args)))
+        print(json.dumps(child_predict(args) if args.child == "predict" else child_reference(args)))
         return 0
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="di3cl-scene-bench-"))
@@ -188,27 +199,26 @@ def main(argv: list[str] | None = None) -> int:
                 f"generated {size}x{size} scene ({scene.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - start:.1f} s",
                 flush=True,
             )
-            command = [
-                sys.executable, __file__, "--child", "--scene", str(scene), "--output", str(workdir / f"classes-{size}.tif"),
-                "--tile-size", str(args.tile_size), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
-                "--num-labels", str(args.num_labels), "--decoder-width", str(args.decoder_width),
-                "--reference-tiles", str(args.reference_tiles),
-            ]  # fmt: skip
-            # Passive OpenMP waiting: on a shared CPU, spinning worker threads that get descheduled slow
-            # convolutions down 3-4x (measured here); both measurements of the child run with it.
-            env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-            done = subprocess.run(command, capture_output=True, text=True, env=env)
-            if done.returncode != 0:
-                print(done.stderr[-4000:], file=sys.stderr)
-                return 1
-            result = json.loads(done.stdout.strip().splitlines()[-1])
+            # reference before and after the scene run (each in its own process), averaged: the
+            # load on a shared machine drifts over the minutes a big scene takes
+            before = _run_child("reference", scene, workdir / "unused.tif", args)
+            result = _run_child("predict", scene, workdir / f"classes-{size}.tif", args)
+            after = _run_child("reference", scene, workdir / "unused.tif", args)
+            reference = (before["seconds_per_tile"] + after["seconds_per_tile"]) / 2
+            result.update(
+                reference_tiles=before["tiles"],
+                reference_seconds_per_tile=reference,
+                reference_spread=(before["seconds_per_tile"], after["seconds_per_tile"]),
+                reference_mpx_per_s=size * size / 1e6 / (reference * result["tiles"]),
+            )
             results.append(result)
             print(
                 f"{size:>6}x{size:<6} tiles {result['tiles']:>5}  predict_scene {result['mpx_per_s']:.3f} Mpx/s "
                 f"({result['seconds']:.1f} s, {result['seconds_per_tile']:.3f} s/tile)  in-memory loop "
-                f"{result['reference_mpx_per_s']:.3f} Mpx/s ({result['reference_seconds_per_tile']:.3f} s/tile over "
-                f"{result['reference_tiles']} tiles)  peak RSS {result['peak_rss_mb']:.0f} MiB "
-                f"(model loaded: {result['rss_after_model_mb']:.0f} MiB)  {result['autocast']}",
+                f"{result['reference_mpx_per_s']:.3f} Mpx/s ({reference:.3f} s/tile over {before['tiles']} tiles; "
+                f"before {before['seconds_per_tile']:.3f}, after {after['seconds_per_tile']:.3f})  peak RSS "
+                f"{result['peak_rss_mb']:.0f} MiB (model loaded: {result['rss_after_model_mb']:.0f} MiB)  "
+                f"{result['autocast']}",
                 flush=True,
             )
             scene.unlink()
