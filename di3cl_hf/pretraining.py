@@ -1051,7 +1051,8 @@ def main(args: PretrainingArguments) -> int:
     from .modeling_di3cl import DI3CLForPreTraining
 
     output_dir = Path(args.output_dir)
-    probe_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    forced_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    probe_device = torch.device("cuda" if torch.cuda.is_available() and not forced_cpu else "cpu")
     mixed_precision = resolve_mixed_precision(args.mixed_precision, probe_device)
     log_with = (
         None
