@@ -1,19 +1,20 @@
 """di3cl_hf: DI3CL, the self-supervised SAR land-cover foundation model, as a Hugging Face-native package.
 
 Importing the package registers the DI3CL classes with the transformers Auto classes (`AutoConfig`, `AutoModel`,
-`AutoBackbone`, `AutoModelForPreTraining`, `AutoModelForSemanticSegmentation` and, when present,
-`AutoImageProcessor`).
+`AutoBackbone`, `AutoModelForPreTraining`, `AutoModelForSemanticSegmentation`, `AutoImageProcessor`).
 """
 
 from transformers import (
     AutoBackbone,
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForPreTraining,
     AutoModelForSemanticSegmentation,
 )
 
 from .configuration_di3cl import DI3CLConfig
+from .image_processing_di3cl import DI3CLImageProcessor
 from .modeling_di3cl import (
     DI3CLBackbone,
     DI3CLForPreTraining,
@@ -28,6 +29,7 @@ AutoModel.register(DI3CLConfig, DI3CLModel, exist_ok=True)
 AutoBackbone.register(DI3CLConfig, DI3CLBackbone, exist_ok=True)
 AutoModelForPreTraining.register(DI3CLConfig, DI3CLForPreTraining, exist_ok=True)
 AutoModelForSemanticSegmentation.register(DI3CLConfig, DI3CLForSemanticSegmentation, exist_ok=True)
+AutoImageProcessor.register(DI3CLConfig, slow_image_processor_class=DI3CLImageProcessor, exist_ok=True)
 
 __all__ = [
     "DI3CLBackbone",
@@ -35,17 +37,7 @@ __all__ = [
     "DI3CLForPreTraining",
     "DI3CLForPreTrainingOutput",
     "DI3CLForSemanticSegmentation",
+    "DI3CLImageProcessor",
     "DI3CLModel",
     "DI3CLPreTrainedModel",
 ]
-
-try:  # the image processor is written by another module owner; the model classes work without it
-    from .image_processing_di3cl import DI3CLImageProcessor
-except ImportError as _error:  # pragma: no cover - only while that file does not exist
-    if "image_processing_di3cl" not in str(_error):
-        raise
-else:
-    from transformers import AutoImageProcessor
-
-    AutoImageProcessor.register(DI3CLConfig, slow_image_processor_class=DI3CLImageProcessor, exist_ok=True)
-    __all__.append("DI3CLImageProcessor")

@@ -80,7 +80,7 @@ def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 
     from .modeling_di3cl import DI3CLForSemanticSegmentation
     from .pretraining import PretrainingArguments
     from .pretraining import main as pretrain
-    from .synthetic import generate_scene, generate_sarsense, generate_segmentation_sets
+    from .synthetic import generate_sarsense, generate_scene, generate_segmentation_sets
 
     if output_dir.exists():
         shutil.rmtree(output_dir)
@@ -88,9 +88,14 @@ def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 
     started = time.perf_counter()
 
     t0 = _step("1/5 generating synthetic SAR data (SARSense-mini + land cover / water / roads)")
-    generate_sarsense(data_dir / "synthetic-sarsense-mini", budget.pretrain_patches, size=budget.patch_size, seed=seed)
+    generate_sarsense(
+        data_dir / "synthetic-sarsense-mini", budget.pretrain_patches, size=budget.patch_size, seed=seed
+    )
     generate_segmentation_sets(
-        data_dir / "synthetic-segmentation", budget.segmentation_patches, size=budget.patch_size, seed=seed + 1
+        data_dir / "synthetic-segmentation",
+        budget.segmentation_patches,
+        size=budget.patch_size,
+        seed=seed + 1,
     )
     print(f"done in {time.perf_counter() - t0:.1f} s", flush=True)
 
@@ -110,6 +115,7 @@ def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 
             max_steps=budget.pretrain_steps,
             warmup_steps=max(1, budget.pretrain_steps // 20),
             base_learning_rate=0.3,
+            momentum=0.99,  # a short run: a faster key encoder than the release's 0.999 (METHOD.md §2)
             num_workers=num_workers,
             output_dir=str(pretrain_dir),
             logging_steps=max(1, budget.pretrain_steps // 10),
@@ -154,7 +160,9 @@ def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 
         shutil.copytree(source, models_dir / task, ignore=shutil.ignore_patterns("checkpoints", "runs"))
     print(f"models: {models_dir}/{{{','.join(TASKS)}}}", flush=True)
 
-    t0 = _step(f"5/5 predicting a whole synthetic {budget.scene_size}x{budget.scene_size} scene, tile by tile")
+    t0 = _step(
+        f"5/5 predicting a whole synthetic {budget.scene_size}x{budget.scene_size} scene, tile by tile"
+    )
     scene = data_dir / "synthetic-scene.tif"
     generate_scene(scene, budget.scene_size, budget.scene_size, seed=seed + 2)
     model = DI3CLForSemanticSegmentation.from_pretrained(str(models_dir / "landcover"), dtype=torch.float32)
@@ -168,19 +176,27 @@ def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 
     print(f"total time: {time.perf_counter() - started:.0f} s")
     print("\nWhere everything is:")
     print(f"  synthetic data         {data_dir}")
-    print(f"  pre-trained encoder    {encoder_dir}  (DI3CLModel + processor + card; TensorBoard: {pretrain_dir}/runs)")
+    print(
+        f"  pre-trained encoder    {encoder_dir}  (DI3CLModel + processor + card; TensorBoard: {pretrain_dir}/runs)"
+    )
     print(f"  task models            {models_dir}/{{landcover,water,roads}}")
     print(f"  evaluation             {evaluation_dir}/evaluation.md, label_efficiency.png")
     print(f"  scene prediction       {prediction_path}")
     print("\nOpen the Space on these models:")
-    print(f"  DI3CL_MODEL_DIR={models_dir} .venv/bin/python space/app.py   # then browse http://127.0.0.1:7860")
+    print(
+        f"  DI3CL_MODEL_DIR={models_dir} .venv/bin/python space/app.py   # then browse http://127.0.0.1:7860"
+    )
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the demo."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="outputs/demo", help="Where data, models and results go (wiped).")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output-dir", default="outputs/demo", help="Where data, models and results go (wiped)."
+    )
     parser.add_argument("--quick", action="store_true", help="Tiny budget (CI smoke run, about 3 minutes).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers during pre-training.")
