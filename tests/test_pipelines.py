@@ -115,8 +115,15 @@ sys.meta_path.insert(0, _Block())
 
 
 def test_pipelines_through_remote_code(folders: dict[str, Path], image: Path) -> None:
-    """In a fresh process where ``import di3cl_hf`` fails, both pipelines load the saved folders with
+    """In a fresh process where ``import di3cl_hf`` fails, both pipelines load the folders as they are
+    pushed to the Hub (``hub.stage_model``: code files + ``auto_map`` for model and processor) with
     ``trust_remote_code=True`` and give the same results as with the package."""
+    from di3cl_hf.hub import stage_model
+
+    staged = {
+        name: stage_model(folders[name], folders["root"] / f"staged-{name}")
+        for name in ("segmentation", "encoder")
+    }
     code = _BLOCK_PACKAGE + textwrap.dedent(
         f"""
         import json, numpy as np, torch
@@ -127,11 +134,11 @@ def test_pipelines_through_remote_code(folders: dict[str, Path], image: Path) ->
             pass
         else:
             raise SystemExit("di3cl_hf should not be importable here")
-        segmenter = pipeline("image-segmentation", model={str(folders["segmentation"])!r}, trust_remote_code=True,
+        segmenter = pipeline("image-segmentation", model={str(staged["segmentation"])!r}, trust_remote_code=True,
                              device="cpu", dtype=torch.float32)
         assert not type(segmenter.model).__module__.startswith("di3cl_hf"), type(segmenter.model).__module__
         results = segmenter({str(image)!r})
-        extractor = pipeline("image-feature-extraction", model={str(folders["encoder"])!r}, trust_remote_code=True,
+        extractor = pipeline("image-feature-extraction", model={str(staged["encoder"])!r}, trust_remote_code=True,
                              device="cpu", dtype=torch.float32)
         pooled = extractor({str(image)!r}, pool=True)
         print(json.dumps({{
