@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .metrics import SegmentationMetrics, format_table, hungarian_scores, save_json
+from .metrics import SegmentationMetrics, _move_into_place, format_table, hungarian_scores, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -742,7 +742,7 @@ def _write_text(path: Path, text: str) -> None:
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
-    os.replace(temporary, path)
+    _move_into_place(temporary, path)
 
 
 def write_model_card(args: FinetuneArguments, results: Mapping[str, Any], output_dir: Path) -> Path:
@@ -1156,11 +1156,14 @@ def grid_markdown(summary: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def plot_label_efficiency(summary: Mapping[str, Any], path: str | os.PathLike, metric: str = "miou") -> Path:
+def plot_label_efficiency(
+    summary: Mapping[str, Any], path: str | os.PathLike, metric: str = "miou", relaxed_for_roads: bool = True
+) -> Path:
     """Label-efficiency curves: ``metric`` (%) against the label fraction (log scale), one panel per
     task and one line per initialisation (error bars: standard deviation over seeds); k-means scores
-    as dashed horizontal lines. Written as PNG
-    (matplotlib, Agg backend) atomically."""
+    as dashed horizontal lines. With ``relaxed_for_roads``, tasks scored with the relaxed measure
+    (roads) show the relaxed F1 instead: their mIoU is dominated by the background class. Written
+    as PNG (matplotlib, Agg backend) atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1170,11 +1173,18 @@ def plot_label_efficiency(summary: Mapping[str, Any], path: str | os.PathLike, m
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     colours = {"di3cl": "tab:blue", "random": "tab:orange", "imagenet": "tab:green"}
     for axis, task in zip(axes[0], tasks):
+        relaxed = relaxed_for_roads and all(
+            "relaxed" in scores for runs in summary["results"][task].values() for scores in runs.values()
+        )
+
+        def value(scores: Mapping[str, Any], relaxed: bool = relaxed) -> tuple[float, float]:
+            spread = scores.get("std") or {}
+            if relaxed:
+                return scores["relaxed"]["f1"], spread.get("relaxed_f1") or 0.0
+            return scores[metric], spread.get(metric) or 0.0
+
         for init, runs in summary["results"][task].items():
-            points = sorted(
-                (float(fraction), scores[metric], (scores.get("std") or {}).get(metric) or 0.0)
-                for fraction, scores in runs.items()
-            )
+            points = sorted((float(fraction), *value(scores)) for fraction, scores in runs.items())
             axis.errorbar(
                 [100 * x for x, _, _ in points],
                 [100 * y for _, y, _ in points],
@@ -1185,6 +1195,8 @@ def plot_label_efficiency(summary: Mapping[str, Any], path: str | os.PathLike, m
                 label=f"{init} (fine-tuned)",
             )
         for init, scores in (summary.get("kmeans") or {}).get(task, {}).items():
+            if relaxed:
+                continue  # k-means scores carry no relaxed measure
             axis.axhline(
                 100 * scores[metric],
                 linestyle="--",
@@ -1197,7 +1209,7 @@ def plot_label_efficiency(summary: Mapping[str, Any], path: str | os.PathLike, m
         axis.set_xticks([100 * f for f in fractions], [f"{100 * f:g}" for f in fractions])
         axis.minorticks_off()
         axis.set_xlabel("labelled training samples (%)")
-        axis.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (%)")
+        axis.set_ylabel("relaxed F1 (%)" if relaxed else f"{METRIC_LABELS.get(metric, metric)} (%)")
         axis.set_title(task)
         axis.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -1209,7 +1221,7 @@ def plot_label_efficiency(summary: Mapping[str, Any], path: str | os.PathLike, m
     os.close(fd)
     figure.savefig(temporary, dpi=120)
     plt.close(figure)
-    os.replace(temporary, path)
+    _move_into_place(temporary, path)
     return path
 
 

@@ -386,6 +386,15 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+def _move_into_place(temporary: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename a finished temporary file onto ``path`` with the usual ``0o666 & ~umask`` mode
+    (``mkstemp`` creates files readable by their owner only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, path)
+
+
 def save_json(scores: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``scores`` as indented JSON (``nan`` -> ``null``), atomically (temp file + rename)."""
     path = Path(path)
@@ -395,7 +404,7 @@ def save_json(scores: Mapping[str, Any], path: str | os.PathLike) -> Path:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump(_json_ready(scores), handle, indent=2, allow_nan=False)
             handle.write("\n")
-        os.replace(temporary, path)
+        _move_into_place(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
