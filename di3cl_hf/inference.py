@@ -277,7 +277,7 @@ class _TileRunner:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """``tiles`` float32 [N, C, T, T] -> weighted logits float32 [N, K, T, T] (numpy)."""
+        """``tiles`` float32 [N, C, T, T] -> weighted logits float32 [N, T, T, K] (numpy, classes last)."""
         batch = torch.from_numpy(tiles).to(self.device, non_blocking=True)
         batch = batch.contiguous(memory_format=self.memory_format)
         size = batch.shape[-2:]
@@ -291,7 +291,9 @@ class _TileRunner:
             logits = logits.float()
             if logits.shape[-2:] != size:
                 logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            return logits.mul_(self.weights).cpu().numpy()
+            # classes last: a free view of channels-last logits, and the layout the blender adds and
+            # takes the argmax in fastest
+            return logits.mul_(self.weights).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def predict_scene(
@@ -425,9 +427,9 @@ class _TileBlender:
     that the next row of tiles does not cover are final and written out at once; the rows it does
     cover go into the carry band. Buffers (K = classes, T = tile size, W = scene width):
 
-    - ``acc``/``weight``/``valid``: ``[K, T, T]``, the current tile's footprint (shifted left after
+    - ``acc``/``weight``/``valid``: ``[T, T, K]``/``[T, T]``, the current tile's footprint (shifted left after
       each flush, so the next tile of the row lands at column 0);
-    - ``carry``/``carry_weight``: ``[K, ~overlap, W]``, the sums of the rows the next row of tiles
+    - ``carry``/``carry_weight``: ``[~overlap, W, K]``, the sums of the rows the next row of tiles
       overlaps, added in when that row's columns are flushed.
 
     Memory is therefore independent of the scene height, and grows with its width only through the
@@ -456,10 +458,10 @@ class _TileBlender:
         carry_rows = max(
             (min(height, y + tile_size) - row_starts[i + 1] for i, y in enumerate(row_starts[:-1])), default=0
         )
-        self.acc = np.zeros((num_labels, rows, cols), dtype=np.float32)
+        self.acc = np.zeros((rows, cols, num_labels), dtype=np.float32)
         self.weight = np.zeros((rows, cols), dtype=np.float32)
         self.valid = np.zeros((rows, cols), dtype=bool)
-        self.carry = np.zeros((num_labels, carry_rows, width), dtype=np.float32)
+        self.carry = np.zeros((carry_rows, width, num_labels), dtype=np.float32)
         self.carry_weight = np.zeros((carry_rows, width), dtype=np.float32)
         self.carry_rows = 0  # rows of ``carry`` in use (they start at the current row of tiles' first row)
 
@@ -472,10 +474,10 @@ class _TileBlender:
         ]
 
     def add(self, tile: _Tile, logits: np.ndarray | None, valid: np.ndarray) -> None:
-        """Add one tile's weighted logits ``[K, T, T]`` (``None``: skipped, all nodata)."""
+        """Add one tile's weighted logits ``[T, T, K]`` (``None``: skipped, all nodata)."""
         rows, cols = tile.window.height, tile.window.width
         if logits is not None:
-            self.acc[:, :rows, :cols] += logits[:, :rows, :cols]
+            self.acc[:rows, :cols] += logits[:rows, :cols]
             self.weight[:rows, :cols] += self.weights_2d[:rows, :cols]
         self.valid[:rows, :cols] = valid
         x0 = tile.window.col_off
@@ -488,32 +490,32 @@ class _TileBlender:
         y = self.row_starts[row]
         next_y = self.row_starts[row + 1] if row + 1 < len(self.row_starts) else self.height
         final = next_y - y
-        acc, weight = self.acc[:, :rows, :width], self.weight[:rows, :width]
+        acc, weight = self.acc[:rows, :width], self.weight[:rows, :width]
         if self.carry_rows:
-            acc[:, : self.carry_rows] += self.carry[:, : self.carry_rows, x0:x1]
+            acc[: self.carry_rows] += self.carry[: self.carry_rows, x0:x1]
             weight[: self.carry_rows] += self.carry_weight[: self.carry_rows, x0:x1]
         valid = self.valid[:final, :width] & (weight[:final] > 0)
-        if (
-            self.output_type == "classes"
-        ):  # the weight is a positive factor per pixel: argmax needs no division
-            out = acc[:, :final].argmax(axis=0).astype(np.uint8)[None]
+        if self.output_type == "classes":
+            # the weight is a positive factor per pixel: the argmax needs no division (torch's argmax
+            # over the last axis is several times faster than numpy's here)
+            out = torch.from_numpy(acc[:final]).argmax(dim=-1).numpy().astype(np.uint8)[None]
         else:
-            logits = acc[:, :final] / np.maximum(weight[:final], 1e-12)
-            logits -= logits.max(axis=0, keepdims=True)
+            logits = acc[:final] / np.maximum(weight[:final], 1e-12)[..., None]
+            logits -= logits.max(axis=-1, keepdims=True)
             probabilities = np.exp(logits, out=logits)
-            probabilities /= probabilities.sum(axis=0, keepdims=True)
-            out = np.rint(probabilities * PROBABILITY_SCALE).astype(np.uint8)
+            probabilities /= probabilities.sum(axis=-1, keepdims=True)
+            out = np.rint(probabilities * PROBABILITY_SCALE).astype(np.uint8).transpose(2, 0, 1)
         out[:, ~valid] = OUTPUT_NODATA
         self.writer.write(out, Window(x0, y, width, final))
         carried = rows - final
         if carried > 0:
-            self.carry[:, :carried, x0:x1] = acc[:, final:rows]
+            self.carry[:carried, x0:x1] = acc[final:rows]
             self.carry_weight[:carried, x0:x1] = weight[final:rows]
         # shift what the next tile of this row still adds to, zero the rest
         keep = span - width
         for buffer in (self.acc, self.weight, self.valid):
-            buffer[..., :keep] = buffer[..., width:span].copy()
-            buffer[..., keep:] = 0
+            buffer[:, :keep] = buffer[:, width:span].copy()
+            buffer[:, keep:] = 0
         if x1 == self.width:  # row of tiles finished: the carry now starts at the next row's first row
             self.carry_rows = max(carried, 0)
 

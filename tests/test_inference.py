@@ -301,8 +301,8 @@ def test_memory_is_bounded_by_a_tile_and_a_thin_band() -> None:
         )  # fmt: skip
 
     small, large = buffers(4096, 4096), buffers(16384, 16384)
-    assert small.acc.shape == large.acc.shape == (10, 256, 256)  # one tile
-    assert large.carry.shape[1] <= 40  # the overlap band: ~32 rows, not a strip of 256
+    assert small.acc.shape == large.acc.shape == (256, 256, 10)  # one tile
+    assert large.carry.shape[0] <= 40  # the overlap band: ~32 rows, not a strip of 256
     assert large.carry.nbytes <= 10 * 40 * 16384 * 4
 
 
