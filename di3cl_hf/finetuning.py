@@ -99,7 +99,7 @@ class FinetuneArguments:
     )
     label_fraction: float = field(
         default=1.0,
-        metadata={"help": "Fraction of labelled training samples (0.01 = 1 %), chosen from --seed."},
+        metadata={"help": "Fraction of labelled training samples (0.01 = 1 percent), chosen from --seed."},
     )
     crop_size: int | None = field(
         default=256, metadata={"help": "Random training crop side (multiple of 32)."}

@@ -232,3 +232,22 @@ def test_kmeans_grid_table_and_curves(segmentation_dir, tiny_config, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="needs --pretrained_model"):
         EvaluationGridArguments(data_dir="x", output_dir="y")
+
+
+def test_command_line_parsing_and_help():
+    from transformers import HfArgumentParser
+
+    from di3cl_hf.finetuning import parse_args, parse_grid_args
+
+    for arguments in (FinetuneArguments, EvaluationGridArguments):
+        assert "--label_fraction" in HfArgumentParser(arguments).format_help()
+    args = parse_args(
+        ["--data_dir", "d", "--output_dir", "o", "--init", "random", "--label_fraction", "0.01"]
+    )
+    assert (args.init, args.label_fraction, args.mixed_precision) == ("random", 0.01, "bf16")
+    grid = parse_grid_args(
+        ["--data_dir", "d", "--output_dir", "o", "--initialisations", "random", "--seeds", "0", "1"]
+    )
+    assert grid.seeds == [0, 1] and grid.label_fractions == [0.01, 0.1]
+    with pytest.raises(ValueError, match="needs --model_name_or_path"):
+        parse_args(["--data_dir", "d", "--output_dir", "o"])
