@@ -9,8 +9,8 @@ uncompressed tiled GeoTIFF. Then a fresh Python process per size:
    (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; tracemalloc does not see torch's allocations);
 2. the reference, in its own fresh process just before and again just after (the load of a shared
    machine drifts; the two are averaged): the same tiles as one plain in-memory batch loop (tiles
-   read and preprocessed into memory beforehand, one untimed warm-up batch, then model + softmax,
-   nothing else). For the big scene the reference runs on
+   read and preprocessed into memory beforehand, then model + softmax, nothing else; timed from
+   a cold model like ``predict_scene``). For the big scene the reference runs on
    the first ``--reference-tiles`` tiles and is scaled per tile (holding all 1,369 tiles of a 16k
    scene in memory would take ~2.9 GB and as long again as the scene itself).
 
@@ -111,7 +111,7 @@ def child_predict(args: argparse.Namespace) -> dict:
 
 def child_reference(args: argparse.Namespace) -> dict:
     """The reference in a fresh process: the scene's first tiles, read and preprocessed into memory
-    first, then one plain batch loop (model + softmax, nothing else) after an untimed warm-up batch."""
+    first, then one plain batch loop (model + softmax, nothing else), timed from a cold model."""
     import torch
 
     from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
@@ -134,7 +134,7 @@ def child_reference(args: argparse.Namespace) -> dict:
         device_type="cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
     )
     with torch.inference_mode(), torch.autocast(**autocast):
-        model(tiles[: args.batch_size].contiguous(memory_format=torch.channels_last))  # warm-up, not timed
+        # timed from a cold model, like predict_scene (whose time includes its first batches)
         start = time.perf_counter()
         for index in range(0, len(tiles), args.batch_size):
             batch = tiles[index : index + args.batch_size].contiguous(memory_format=torch.channels_last)
