@@ -540,18 +540,26 @@ def _run_tiles(
             loaded.append(preprocess(raster.array, raster.valid_mask))
         return loaded
 
+    def blend(batch: list[_Tile], loaded: list, results: list) -> None:
+        for tile, (_, valid), logits in zip(batch, loaded, results):
+            blender.add(tile, logits, valid)
+        bar.update(len(batch))
+
     skipped = 0
-    # One reader thread prefetches the next batch (GDAL and numpy release the GIL) while the model
-    # runs on the current one.
+    # Three stages overlap: a reader thread prefetches the next batch, the main thread runs the model,
+    # a writer thread blends and writes the previous batch (GDAL, numpy and torch release the GIL).
+    # At most one batch waits at each stage, so memory stays bounded.
     with (
-        ThreadPoolExecutor(max_workers=1) as pool,
         tqdm(total=len(tiles), unit="tile", disable=not progress) as bar,
+        ThreadPoolExecutor(max_workers=1) as reader,
+        ThreadPoolExecutor(max_workers=1) as writer,
     ):
-        pending = pool.submit(load, batches[0])
+        pending = reader.submit(load, batches[0])
+        blending = None
         for index, batch in enumerate(batches):
             loaded = pending.result()
             if index + 1 < len(batches):
-                pending = pool.submit(load, batches[index + 1])
+                pending = reader.submit(load, batches[index + 1])
             wanted = [i for i, (_, valid) in enumerate(loaded) if valid.any()]
             results: list[np.ndarray | None] = [None] * len(batch)
             if wanted:
@@ -562,10 +570,12 @@ def _run_tiles(
                     stack[slot, :, : pixel_values.shape[1], : pixel_values.shape[2]] = pixel_values
                 for slot, logits in zip(wanted, runner(stack)):
                     results[slot] = logits
-            for tile, (_, valid), logits in zip(batch, loaded, results):
-                blender.add(tile, logits, valid)
+            if blending is not None:
+                blending.result()  # raises what the writer raised
+            blending = writer.submit(blend, batch, loaded, results)
             skipped += len(batch) - len(wanted)
-            bar.update(len(batch))
+        if blending is not None:
+            blending.result()
     return skipped
 
 
