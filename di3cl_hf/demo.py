@@ -145,7 +145,7 @@ def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 
             batch_size=8,
             max_steps=budget.finetune_steps,
             decoder_hidden_size=64,
-            seed=seed,
+            seeds=[seed],
             kmeans=False,
             save_models=True,
         )
@@ -156,7 +156,7 @@ def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 
     models_dir = output_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     for task in TASKS:
-        source = evaluation_dir / "runs" / task / "di3cl" / "labels-0.1"
+        source = evaluation_dir / "runs" / task / "di3cl" / "labels-0.1" / f"seed-{seed}"
         shutil.copytree(source, models_dir / task, ignore=shutil.ignore_patterns("checkpoints", "runs"))
     print(f"models: {models_dir}/{{{','.join(TASKS)}}}", flush=True)
 
