@@ -152,7 +152,13 @@ class DI3CLPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         """torchvision/timm ResNet initialisation (the default of transformers would be N(0, 0.02))."""
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.Conv2d) and getattr(module, "_di3cl_pixel_classifier", False):
+            # Per-pixel classifiers of the segmentation heads start small (N(0, 0.01), zero bias, as in
+            # mmsegmentation's decode heads); with the ReLU-fan init the first logits saturate the softmax.
+            init.normal_(module.weight, std=0.01)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -570,6 +576,9 @@ class DI3CLForSemanticSegmentation(DI3CLPreTrainedModel):
             if config.use_auxiliary_head
             else None
         )
+        for head in (self.decode_head, self.auxiliary_head):
+            if head is not None:
+                head.classifier._di3cl_pixel_classifier = True  # read by _init_weights
         self.post_init()
 
     def _segmentation_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

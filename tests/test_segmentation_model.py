@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSemanticSegmentation
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from di3cl_hf import DI3CLForPreTraining, DI3CLForSemanticSegmentation
+from di3cl_hf import DI3CLConfig, DI3CLForPreTraining, DI3CLForSemanticSegmentation
 from di3cl_hf.modeling_di3cl import dice_loss
 
 
@@ -130,3 +130,20 @@ def test_save_load_is_exact(tiny_config, tmp_path):
     pixel_values = torch.randn(2, 2, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, rtol=0, atol=0)
+
+
+def test_pixel_classifiers_start_small_also_when_reinitialised_by_from_pretrained(tmp_path):
+    """New per-pixel classifiers get N(0, 0.01) and zero bias, so the first softmax is not saturated."""
+    config = DI3CLConfig(backbone="resnet18", num_labels=3, decoder_hidden_size=32, auxiliary_channels=16)
+    model = DI3CLForSemanticSegmentation(config)
+    for classifier in (model.decode_head.classifier, model.auxiliary_head.classifier):
+        assert 0.005 < classifier.weight.std().item() < 0.015
+        assert torch.count_nonzero(classifier.bias) == 0
+    model.save_pretrained(tmp_path)
+    grown = DI3CLForSemanticSegmentation.from_pretrained(
+        tmp_path, num_labels=5, ignore_mismatched_sizes=True, dtype=torch.float32
+    )
+    assert 0.005 < grown.decode_head.classifier.weight.std().item() < 0.015
+    torch.testing.assert_close(
+        grown.di3cl.encoder.conv1.weight, model.di3cl.encoder.conv1.weight, rtol=0, atol=0
+    )
