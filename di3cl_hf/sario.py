@@ -523,6 +523,9 @@ class GeoTIFFWriter:
         self.path = Path(path)
         self.cog = cog
         self.compress = compress
+        # COG overviews: integer rasters (class maps, masks, uint8 probabilities) keep real values (nearest);
+        # GDAL's default (cubic) would invent classes in the zoomed-out levels. Floats are averaged.
+        self.overview_resampling = "NEAREST" if np.dtype(dtype).kind in "iub" else "AVERAGE"
         self._tmp = _temp_path(self.path)
         profile = _profile(count, height, width, np.dtype(dtype), crs, transform, nodata, compress, blocksize)
         try:
@@ -557,6 +560,7 @@ class GeoTIFFWriter:
                 cog_tmp = _temp_path(self.path)
                 try:
                     options = {"COMPRESS": self.compress.upper()} if self.compress else {}
+                    options["OVERVIEW_RESAMPLING"] = self.overview_resampling
                     rasterio.shutil.copy(self._tmp, cog_tmp, driver="COG", BIGTIFF="IF_SAFER", **options)
                     os.replace(cog_tmp, self.path)
                 finally:

@@ -262,3 +262,16 @@ def test_real_label_and_geocoded_vv():
     assert vv.transform.a == 20.0 and vv.transform.e == -20.0
     data = vv.array[0][vv.valid_mask]
     assert data.min() == pytest.approx(-26.65, abs=0.05) and data.max() == pytest.approx(1.43, abs=0.05)
+
+
+def test_cog_overviews_of_a_class_map_hold_only_real_classes(tmp_path):
+    """Class maps get nearest-neighbour overviews: no class value is invented in the zoomed-out levels."""
+    blocks = (np.indices((1024, 1024)).sum(axis=0) // 3) % 2  # fine stripes: cubic would interpolate them
+    classes = np.where(blocks == 1, 9, 0).astype(np.uint8)
+    path = tmp_path / "classes.tif"
+    write_geotiff(path, classes[None], cog=True)
+    with rasterio.open(path) as dataset:
+        assert dataset.overviews(1), "a COG of 1024 px should have overviews"
+        for factor in dataset.overviews(1):
+            zoomed = dataset.read(1, out_shape=(1024 // factor, 1024 // factor))
+            assert set(np.unique(zoomed)) <= {0, 9}, f"overview 1/{factor} invented classes"
