@@ -491,4 +491,7 @@ class DI3CLImageProcessor(BaseImageProcessor):
         return results
 
 
+# save_pretrained writes this file (+ radiometry.py) and an ``auto_map``: the folder loads without the package.
+DI3CLImageProcessor.register_for_auto_class("AutoImageProcessor")
+
 __all__ = ["DI3CLImageProcessor"]
