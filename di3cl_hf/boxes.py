@@ -26,74 +26,47 @@ draws than the first short sequence get a longer one.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.utils.data
 
 from .augmentation import GEOMETRY_FIELDS, ViewGeometry, geometries_to_tensor
 
+_FIELDS = operator.attrgetter(*GEOMETRY_FIELDS)
+# (x, y) order of the geometry fields: left, top, width, height, output_width, output_height.
+_XY_FIELDS = (1, 0, 3, 2, 5, 4)
+# Per quarter-turn count k: (mirror x, mirror y, swap axes) of the turn ``(x, y) -> (y, W - x)`` applied k times.
+_TURNS = ((False, False, False), (True, False, True), (True, True, False), (False, True, True))
+
+
+@functools.lru_cache(maxsize=32)
+def _earlier(count: int) -> torch.Tensor:
+    """[count, count, 1] bool, True where draw j (dim 1) is earlier than draw i (dim 0); cached."""
+    return torch.ones(count, count, dtype=torch.bool).tril(diagonal=-1).unsqueeze(2)
+
+
+@functools.lru_cache(maxsize=1)
+def _turn_table() -> torch.Tensor:
+    return torch.tensor(_TURNS, dtype=torch.bool)
+
 
 def _as_geometry_tensor(geometry: torch.Tensor | Sequence[ViewGeometry | dict]) -> torch.Tensor:
     if isinstance(geometry, torch.Tensor):
-        geometry = geometry.to(torch.float32)
         if geometry.ndim != 2 or geometry.shape[1] != len(GEOMETRY_FIELDS):
             raise ValueError(
                 f"geometry tensor must be [B, {len(GEOMETRY_FIELDS)}], got {tuple(geometry.shape)}"
             )
-        return geometry
-    return geometries_to_tensor(geometry)
-
-
-def _pairwise_iou(candidates: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
-    """IoU of candidates [B, T, 4] against accepted [B, J, 4] -> [B, T, J] (x1, y1, x2, y2 boxes)."""
-    cand = candidates.unsqueeze(2)  # [B, T, 1, 4]
-    acc = accepted.unsqueeze(1)  # [B, 1, J, 4]
-    inter_w = (torch.minimum(cand[..., 2], acc[..., 2]) - torch.maximum(cand[..., 0], acc[..., 0])).clamp_min(
-        0
-    )
-    inter_h = (torch.minimum(cand[..., 3], acc[..., 3]) - torch.maximum(cand[..., 1], acc[..., 1])).clamp_min(
-        0
-    )
-    inter = inter_w * inter_h
-    area_c = (cand[..., 2] - cand[..., 0]) * (cand[..., 3] - cand[..., 1])
-    area_a = (acc[..., 2] - acc[..., 0]) * (acc[..., 3] - acc[..., 1])
-    return inter / (area_c + area_a - inter).clamp_min(1e-12)
-
-
-def _view_size(geometry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(height, width) [B] of each final view (after rotation)."""
-    out_h, out_w, k = geometry[:, 4], geometry[:, 5], torch.remainder(geometry[:, 8].round(), 4)
-    odd = torch.remainder(k, 2) > 0.5
-    return torch.where(odd, out_w, out_h), torch.where(odd, out_h, out_w)
-
-
-def _to_view(source_boxes: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
-    """Map source boxes [N, 4] into their views' pixels [N, 4] (geometry [N, 9]); x1 < x2, y1 < y2.
-
-    Closed form of :func:`~di3cl_hf.augmentation.source_to_view` for axis-aligned boxes: scale and
-    offset, mirror the ranges for flips, then a quarter turn ``(x, y) -> (y, W - x)`` maps the
-    x-range onto the mirrored y-range and the y-range onto the x-range.
-    """
-    top, left, height, width, out_h, out_w, hflip, vflip, turns = geometry.unbind(dim=-1)
-    scale_x, scale_y = out_w / width, out_h / height
-    xa, xb = (source_boxes[:, 0] - left) * scale_x, (source_boxes[:, 2] - left) * scale_x
-    ya, yb = (source_boxes[:, 1] - top) * scale_y, (source_boxes[:, 3] - top) * scale_y
-    hflip, vflip = hflip > 0.5, vflip > 0.5
-    xa, xb = torch.where(hflip, out_w - xb, xa), torch.where(hflip, out_w - xa, xb)
-    ya, yb = torch.where(vflip, out_h - yb, ya), torch.where(vflip, out_h - ya, yb)
-    options = torch.stack(
-        [
-            torch.stack([xa, ya, xb, yb], dim=-1),  # k = 0
-            torch.stack([ya, out_w - xb, yb, out_w - xa], dim=-1),  # k = 1
-            torch.stack([out_w - xb, out_h - yb, out_w - xa, out_h - ya], dim=-1),  # k = 2
-            torch.stack([out_h - yb, xa, out_h - ya, xb], dim=-1),  # k = 3
-        ],
-        dim=1,
-    )  # [N, 4 (k), 4]
-    k = torch.remainder(turns.round().long(), 4)
-    return options[torch.arange(options.shape[0]), k]
+        return geometry.to(torch.float32)
+    try:  # ViewGeometry objects (the collator's case): one numpy conversion, no per-element torch work
+        rows = [_FIELDS(g) for g in geometry]
+    except AttributeError:  # dicts or tensors
+        return geometries_to_tensor(geometry).to(torch.float32)
+    return torch.from_numpy(np.array(rows, dtype=np.float32).reshape(len(rows), len(GEOMETRY_FIELDS)))
 
 
 def _jitter(boxes: torch.Tensor, amount: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -106,10 +79,32 @@ def _jitter(boxes: torch.Tensor, amount: float, generator: torch.Generator | Non
     return torch.cat([low, high], dim=-1)
 
 
-def _clip(boxes: torch.Tensor, view_h: torch.Tensor, view_w: torch.Tensor) -> torch.Tensor:
-    """Clip boxes [N, 4] to their views ([N] heights and widths)."""
-    limits = torch.stack([view_w, view_h, view_w, view_h], dim=-1)
-    return torch.minimum(boxes.clamp_min(0.0), limits)
+def _draw_planar(
+    extent: torch.Tensor, count: int, min_box_size: float, generator: torch.Generator | None, sampling: str
+) -> torch.Tensor:
+    """:func:`_draw_candidates` for extents [2 (x, y), b] -> draws [4 (x1, y1, x2, y2), count, b].
+
+    Both axes go through each tensor op at once, with the images along the contiguous last dimension
+    (long rows vectorise; rows of ``count`` draws are too short).
+    """
+    extent = extent.unsqueeze(1)  # [2, 1, b]
+    if sampling == "uniform":
+        max_cells = torch.ones_like(extent)
+    else:
+        max_cells = torch.floor(extent / min_box_size).clamp_min_(1)
+    b = extent.shape[2]
+    # the 8 uniforms of a draw are (x, y) pairs: cell count, cell, box size, box position
+    u = (
+        torch.rand(b, count, 8, generator=generator, dtype=extent.dtype)
+        .permute(2, 1, 0)
+        .reshape(4, 2, count, b)
+    )
+    cells = torch.minimum(torch.floor(u[0] * max_cells), max_cells - 1).add_(1)
+    cell = extent / cells
+    cell0 = torch.minimum(torch.floor(u[1] * cells), cells - 1).mul_(cell)
+    box = (u[2] * (cell - min_box_size)).add_(min_box_size)
+    start = (u[3] * (cell - box)).add_(cell0)
+    return torch.cat([start, start + box])
 
 
 def _draw_candidates(
@@ -125,23 +120,8 @@ def _draw_candidates(
     ``"grid"``: random cells per axis, random cell, random box in it; ``"uniform"``: the same with a
     single cell, i.e. a box of uniform size in [min_box_size, extent] at a uniform position.
     """
-    extent_w, extent_h = extent_w.unsqueeze(1), extent_h.unsqueeze(1)
-    max_cells_x = torch.floor(extent_w / min_box_size).clamp_min(1)
-    max_cells_y = torch.floor(extent_h / min_box_size).clamp_min(1)
-    if sampling == "uniform":
-        max_cells_x, max_cells_y = torch.ones_like(max_cells_x), torch.ones_like(max_cells_y)
-    u = torch.rand(extent_w.shape[0], count, 8, generator=generator, dtype=extent_w.dtype)
-    cells_x = torch.minimum(torch.floor(u[..., 0] * max_cells_x), max_cells_x - 1) + 1
-    cells_y = torch.minimum(torch.floor(u[..., 1] * max_cells_y), max_cells_y - 1) + 1
-    cell_w = extent_w / cells_x
-    cell_h = extent_h / cells_y
-    cell_x0 = torch.minimum(torch.floor(u[..., 2] * cells_x), cells_x - 1) * cell_w
-    cell_y0 = torch.minimum(torch.floor(u[..., 3] * cells_y), cells_y - 1) * cell_h
-    box_w = min_box_size + u[..., 4] * (cell_w - min_box_size)
-    box_h = min_box_size + u[..., 5] * (cell_h - min_box_size)
-    x0 = cell_x0 + u[..., 6] * (cell_w - box_w)
-    y0 = cell_y0 + u[..., 7] * (cell_h - box_h)
-    return torch.stack([x0, y0, x0 + box_w, y0 + box_h], dim=-1)
+    extent = torch.stack([extent_w, extent_h])
+    return _draw_planar(extent, count, float(min_box_size), generator, sampling).permute(2, 1, 0)
 
 
 def _greedy_accept(
@@ -162,34 +142,45 @@ def _greedy_accept(
         ``(accepted [b, M] bool, finished [b] bool)``; ``finished`` is False where the sequence ran
         out before the loop would have stopped (more draws are needed to decide).
     """
+    accepted, finished = _greedy_planar(draws.permute(2, 1, 0), boxes_per_image, iou_threshold, max_tries)
+    return accepted.t(), finished
+
+
+def _greedy_planar(
+    draws: torch.Tensor, boxes_per_image: int, iou_threshold: float, max_tries: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_greedy_accept` on draws [4 (x1, y1, x2, y2), M, b] -> (accepted [M, b], finished [b])."""
     count = draws.shape[1]
-    x1, y1, x2, y2 = (draws[..., i] for i in range(4))  # [b, M]
-    inter_w = (
-        torch.minimum(x2.unsqueeze(2), x2.unsqueeze(1)) - torch.maximum(x1.unsqueeze(2), x1.unsqueeze(1))
-    ).clamp_min_(0)
-    inter_h = (
-        torch.minimum(y2.unsqueeze(2), y2.unsqueeze(1)) - torch.maximum(y1.unsqueeze(2), y1.unsqueeze(1))
-    ).clamp_min_(0)
-    inter = inter_w.mul_(inter_h)  # [b, M (later i), M (earlier j)]
-    area = (x2 - x1) * (y2 - y1)
+    low, high = draws[:2], draws[2:]  # [2 (x, y), M, b]
+    # in place where possible: fresh large buffers cost page faults on every call
+    inter = torch.minimum(high.unsqueeze(2), high.unsqueeze(1))  # [2, M (later i), M (earlier j), b]
+    inter = inter.sub_(torch.maximum(low.unsqueeze(2), low.unsqueeze(1))).clamp_min_(0)
+    inter = inter[0].mul_(inter[1])
+    side = high - low
+    area = side[0] * side[1]  # [M, b]
     # IoU >= t  <=>  inter >= t * (area_i + area_j - inter)  <=>  inter * (1 + t) >= t * (area_i + area_j)
-    conflict = inter.mul_(1.0 + iou_threshold) >= (area.unsqueeze(2) + area.unsqueeze(1)).mul_(iou_threshold)
-    conflict &= torch.ones(count, count, dtype=torch.bool).tril(diagonal=-1)
-    conflict = conflict.to(draws.dtype)
-    keep = torch.ones(draws.shape[:2], dtype=torch.bool)
+    conflict = inter.mul_(1.0 + iou_threshold) >= (area.unsqueeze(1) + area.unsqueeze(0)).mul_(iou_threshold)
+    conflict &= _earlier(count)
+    conflict = conflict.view(torch.uint8)  # 0 / 1 bytes: a product and a max reduce fast
+    keep = torch.ones_like(area, dtype=torch.uint8)
     for _ in range(count):
-        # kept earlier draws each draw conflicts with (a batched mat-vec; exact small integers in float)
-        new_keep = torch.bmm(conflict, keep.to(draws.dtype).unsqueeze(-1)).squeeze(-1) == 0
+        # a draw is kept when no kept earlier draw conflicts with it; exact once it stops changing
+        new_keep = (conflict * keep).amax(dim=1).bitwise_xor_(1)
         if torch.equal(new_keep, keep):
             break
         keep = new_keep
-    position = torch.arange(count).expand_as(keep)
-    last_accept = torch.where(keep, position, torch.full_like(position, -1)).cummax(dim=1).values
+    keep = keep.view(torch.bool)
+    if 0 < count < max_tries:
+        # no run of max_tries rejections fits in the sequence: boxes end exactly at acceptances
+        ends = keep.cumsum(dim=0)
+        return keep & (ends <= boxes_per_image), ends[-1] >= boxes_per_image
+    position = torch.arange(count).unsqueeze(1).expand_as(keep)
+    last_accept = torch.where(keep, position, torch.full_like(position, -1)).cummax(dim=0).values
     rejections = position - last_accept  # consecutive rejections up to and including each draw
     box_end = keep | (torch.remainder(rejections, max_tries) == 0)
-    ends_before = box_end.long().cumsum(dim=1) - box_end.long()
+    ends_before = box_end.long().cumsum(dim=0) - box_end.long()
     accepted = keep & (ends_before < boxes_per_image)
-    finished = (box_end.long().sum(dim=1) >= boxes_per_image) | (count >= boxes_per_image * max_tries)
+    finished = (box_end.long().sum(dim=0) >= boxes_per_image) | (count >= boxes_per_image * max_tries)
     return accepted, finished
 
 
@@ -227,90 +218,150 @@ def sample_box_pairs(
         view's pixel coordinates, row i of one paired with row i of the other, image-major (N may
         be 0); plus ``source_boxes`` [N, 5] (source pixels) when ``return_source_boxes``.
     """
-    g1 = _as_geometry_tensor(geometry1)
-    g2 = _as_geometry_tensor(geometry2)
-    if g1.shape != g2.shape:
-        raise ValueError(
-            f"geometry1 has {g1.shape[0]} rows, geometry2 {g2.shape[0]}: expected one per image each"
-        )
     if boxes_per_image < 0 or max_tries < 1 or min_box_size <= 0:
         raise ValueError("boxes_per_image must be >= 0, max_tries >= 1 and min_box_size > 0")
     if box_sampling not in ("grid", "uniform"):
         raise ValueError(f"box_sampling must be 'grid' or 'uniform', got {box_sampling!r}")
     min_box_size = float(min_box_size)
     # float32 is exact to ~1e-3 px at SAR scene sizes and halves the memory traffic of the IoU tests.
-    g1, g2 = g1.float(), g2.float()
+    g1 = _as_geometry_tensor(geometry1)
+    g2 = _as_geometry_tensor(geometry2)
+    if g1.shape != g2.shape:
+        raise ValueError(
+            f"geometry1 has {g1.shape[0]} rows, geometry2 {g2.shape[0]}: expected one per image each"
+        )
     empty = torch.zeros(0, 5, dtype=torch.float32)
     no_boxes = (empty, empty.clone(), empty.clone()) if return_source_boxes else (empty, empty.clone())
     if g1.shape[0] == 0 or boxes_per_image == 0:
         return no_boxes
+    with torch.no_grad():
+        found = _sample(
+            torch.stack([g1, g2]),
+            boxes_per_image,
+            min_box_size,
+            float(iou_threshold),
+            int(max_tries),
+            float(box_jitter),
+            generator,
+            box_sampling,
+            clip,
+            return_source_boxes,
+        )
+    return no_boxes if found is None else found
 
-    top1, left1, height1, width1, out_h1, out_w1 = (g1[:, i] for i in range(6))
-    top2, left2, height2, width2, out_h2, out_w2 = (g2[:, i] for i in range(6))
-    # Intersection of the two crops in source pixels.
-    ix0 = torch.maximum(left1, left2)
-    iy0 = torch.maximum(top1, top2)
-    ix1 = torch.minimum(left1 + width1, left2 + width2)
-    iy1 = torch.minimum(top1 + height1, top2 + height2)
-    # The scaled space: per axis, the smaller zoom of the two views.
-    scale_x = torch.minimum(out_w1 / width1, out_w2 / width2)
-    scale_y = torch.minimum(out_h1 / height1, out_h2 / height2)
-    extent_w = (ix1 - ix0) * scale_x
-    extent_h = (iy1 - iy0) * scale_y
-    images = ((extent_w >= min_box_size) & (extent_h >= min_box_size)).nonzero().flatten()
-    if images.numel() == 0:
-        return no_boxes
+
+def _sample(
+    geometry: torch.Tensor,
+    boxes_per_image: int,
+    min_box_size: float,
+    iou_threshold: float,
+    max_tries: int,
+    box_jitter: float,
+    generator: torch.Generator | None,
+    box_sampling: str,
+    clip: bool,
+    return_source_boxes: bool,
+) -> tuple[torch.Tensor, ...] | None:
+    """:func:`sample_box_pairs` on both views' geometries [2, B, 9] (float32); None when no boxes."""
+    # [view, (offset, crop, output), axis (x, y), image]
+    fields = geometry[..., _XY_FIELDS].transpose(1, 2).reshape(2, 3, 2, -1)
+    offset, crop, output = fields.unbind(dim=1)  # [2 (view), 2 (x, y), B]
+    # Intersection of the two crops in source pixels, and the scaled space: per axis, the smaller zoom.
+    origin = offset.amax(dim=0)  # [2, B]
+    zoom = output / crop  # [2, 2, B]
+    scale = zoom.amin(dim=0)
+    extent = ((offset + crop).amin(dim=0) - origin) * scale
+    usable = (extent >= min_box_size).all(dim=0)
+    images = None  # None: every image
+    if not bool(usable.all()):
+        images = usable.nonzero().flatten()
+        if images.numel() == 0:
+            return None
 
     # Draw a short sequence per image first (most draws are accepted), then longer ones only for the
     # images whose loop has not stopped yet; acceptance is recomputed over the extended sequence.
     limit = boxes_per_image * max_tries
     length = min(2 * boxes_per_image, limit)
-    draws = _draw_candidates(
-        extent_w[images], extent_h[images], length, min_box_size, generator, box_sampling
-    )
-    image_parts, box_parts = [], []
-    while True:
-        accepted, finished = _greedy_accept(draws, boxes_per_image, iou_threshold, max_tries)
-        done = finished.nonzero().flatten()
-        where = accepted[done].nonzero()  # (row in done, draw index), in draw order
-        image_parts.append(images[done][where[:, 0]])
-        box_parts.append(draws[done][where[:, 0], where[:, 1]])
-        pending = (~finished).nonzero().flatten()
-        if pending.numel() == 0:
-            break
-        images = images[pending]
-        extra = min(length * 2, limit) - length
-        length += extra
-        more = _draw_candidates(
-            extent_w[images], extent_h[images], extra, min_box_size, generator, box_sampling
-        )
-        draws = torch.cat([draws[pending], more], dim=1)
-    image_index, scaled = image_parts[0], box_parts[0]
-    if len(image_parts) > 1:  # later rounds appended their images at the end: restore image-major order
-        image_index, scaled = torch.cat(image_parts), torch.cat(box_parts)
+    draws = _draw_planar(
+        extent if images is None else extent.index_select(1, images),
+        length,
+        min_box_size,
+        generator,
+        box_sampling,
+    )  # [4, length, b]
+    accepted, finished = _greedy_planar(draws, boxes_per_image, iou_threshold, max_tries)
+    if bool(finished.all()):  # the usual case: one round
+        image_index, scaled = _take(draws, accepted, images)
+    else:
+        if images is None:
+            images = torch.arange(extent.shape[1])
+        image_parts, box_parts = [], []
+        while True:
+            done = finished.nonzero().flatten()
+            parts = _take(draws.index_select(2, done), accepted.index_select(1, done), images[done])
+            image_parts.append(parts[0])
+            box_parts.append(parts[1])
+            pending = (~finished).nonzero().flatten()
+            if pending.numel() == 0:
+                break
+            images = images[pending]
+            extra = min(length * 2, limit) - length
+            length += extra
+            more = _draw_planar(extent.index_select(1, images), extra, min_box_size, generator, box_sampling)
+            draws = torch.cat([draws.index_select(2, pending), more], dim=1)
+            accepted, finished = _greedy_planar(draws, boxes_per_image, iou_threshold, max_tries)
+        # later rounds appended their images at the end: restore image-major order
+        image_index, scaled = torch.cat(image_parts), torch.cat(box_parts, dim=1)
         order = torch.sort(image_index, stable=True).indices
-        image_index, scaled = image_index[order], scaled[order]
-    if image_index.numel() == 0:
-        return no_boxes
+        image_index, scaled = image_index[order], scaled[:, order]
+    count = image_index.shape[0]
+    if count == 0:
+        return None
 
-    # Scaled intersection space -> source pixels -> both views at once.
-    origin = torch.stack([ix0, iy0, ix0, iy0], dim=-1)[image_index]
-    scale = torch.stack([scale_x, scale_y, scale_x, scale_y], dim=-1)[image_index]
-    source = origin + scaled / scale  # [N, 4]
-    count = source.shape[0]
-    geometry = torch.cat([g1[image_index], g2[image_index]])  # [2N, 9]
-    boxes = _to_view(torch.cat([source, source]), geometry)  # [2N, 4]
+    # Scaled intersection space -> source pixels -> both views at once, as [corner, axis, N] points.
+    turns = torch.remainder(geometry[..., 8].round().long(), 4)  # [2, B]
+    flags = torch.cat([geometry[..., 6:8], _turn_table()[turns]], dim=-1).transpose(1, 2)  # [2, 5, B]
+    # everything per box comes from its image: one gather of a per-image table
+    table = torch.cat(
+        [scale, origin, offset.flatten(0, 1), zoom.flatten(0, 1), output.flatten(0, 1), flags.flatten(0, 1)]
+    )
+    table = table.t().contiguous().index_select(0, image_index).t().contiguous()  # [26, N]
+    source = scaled.view(2, 2, count) / table[0:2] + table[2:4]
+    views = table[4:16].reshape(3, 2, 1, 2, count)  # (offset, zoom, output), [2, 1, 2, N] each
+    offset, zoom, output = views.unbind(0)
+    flags = (table[16:26] > 0.5).view(2, 1, 5, count)
+    points = (source - offset) * zoom  # [2 (view), 2 (corner), 2 (axis), N]
+    # Flips mirror an axis (and swap its low / high corner); a quarter turn (x, y) -> (y, W - x),
+    # applied k times, mirrors the axes given by _TURNS then, for odd k, swaps x and y.
+    points = torch.where(flags[:, :, 0:2], output - points.flip(1), points)
+    points = torch.where(flags[:, :, 2:4], output - points.flip(1), points)
+    swap = flags[:, :, 4:5]
+    points = torch.where(swap, points.flip(2), points)
     if box_jitter > 0:
-        boxes = _jitter(boxes, box_jitter, generator)
-    if clip:
-        boxes = _clip(boxes, *_view_size(geometry))
-    boxes1, boxes2 = boxes[:count], boxes[count:]
-    batch_index = image_index.to(torch.float32).unsqueeze(1)
-    query_boxes = torch.cat([batch_index, boxes1], dim=1)
-    key_boxes = torch.cat([batch_index, boxes2], dim=1)
+        boxes = _jitter(points.permute(0, 3, 1, 2).reshape(2 * count, 4), box_jitter, generator)
+        points = boxes.view(2, count, 2, 2).permute(0, 2, 3, 1)
+    if clip:  # to the view: (output width, height), swapped by odd quarter turns
+        points = torch.minimum(points.clamp_min(0.0), torch.where(swap, output.flip(2), output))
+    pairs = torch.empty(2, count, 5)
+    pairs[..., 0] = image_index
+    pairs[..., 1:].view(2, count, 2, 2).copy_(points.permute(0, 3, 1, 2))
     if return_source_boxes:
-        return query_boxes, key_boxes, torch.cat([batch_index, source], dim=1)
-    return query_boxes, key_boxes
+        source_rows = torch.empty(count, 5)
+        source_rows[:, 0] = image_index
+        source_rows[:, 1:].view(count, 2, 2).copy_(source.permute(2, 0, 1))
+        return pairs[0], pairs[1], source_rows
+    return pairs[0], pairs[1]
+
+
+def _take(
+    draws: torch.Tensor, accepted: torch.Tensor, images: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accepted draws of [4, M, b] draws -> (image index [N], boxes [4, N]), image-major, in draw order."""
+    count = draws.shape[1]
+    flat = accepted.t().reshape(-1).nonzero().squeeze(1)  # image * M + draw
+    rows = torch.div(flat, count, rounding_mode="floor")
+    boxes = draws.transpose(1, 2).reshape(4, -1).index_select(1, flat)
+    return (rows if images is None else images.index_select(0, rows)), boxes
 
 
 class PretrainingCollator:
