@@ -27,6 +27,7 @@ draws than the first short sequence get a longer one.
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -45,9 +46,10 @@ _TURNS = ((False, False, False), (True, False, True), (True, True, False), (Fals
 
 
 @functools.lru_cache(maxsize=32)
-def _earlier(count: int) -> torch.Tensor:
-    """[count, count, 1] bool, True where draw j (dim 1) is earlier than draw i (dim 0); cached."""
-    return torch.ones(count, count, dtype=torch.bool).tril(diagonal=-1).unsqueeze(2)
+def _pairs(count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw pairs (i, j) with j < i of a sequence of ``count``: (i [P], j [P], i * count + j [P]); cached."""
+    later, earlier = torch.tril_indices(count, count, offset=-1)
+    return later, earlier, later * count + earlier
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,6 +69,21 @@ def _as_geometry_tensor(geometry: torch.Tensor | Sequence[ViewGeometry | dict]) 
     except AttributeError:  # dicts or tensors
         return geometries_to_tensor(geometry).to(torch.float32)
     return torch.from_numpy(np.array(rows, dtype=np.float32).reshape(len(rows), len(GEOMETRY_FIELDS)))
+
+
+def _as_geometry_pair(geometry1: Any, geometry2: Any) -> torch.Tensor | None:
+    """Both views' :class:`ViewGeometry` lists -> [2, B, 9] float32 in one conversion; None for other inputs."""
+    if isinstance(geometry1, torch.Tensor) or isinstance(geometry2, torch.Tensor):
+        return None
+    try:
+        count = len(geometry1)
+        if len(geometry2) != count:
+            return None
+        values = itertools.chain.from_iterable(map(_FIELDS, itertools.chain(geometry1, geometry2)))
+        array = np.fromiter(values, dtype=np.float32, count=2 * count * len(GEOMETRY_FIELDS))
+    except (AttributeError, TypeError, ValueError):  # dicts, tensors, ...: the general path
+        return None
+    return torch.from_numpy(array).view(2, count, len(GEOMETRY_FIELDS))
 
 
 def _jitter(boxes: torch.Tensor, amount: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -151,17 +168,18 @@ def _greedy_planar(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_greedy_accept` on draws [4 (x1, y1, x2, y2), M, b] -> (accepted [M, b], finished [b])."""
     count = draws.shape[1]
-    low, high = draws[:2], draws[2:]  # [2 (x, y), M, b]
-    # in place where possible: fresh large buffers cost page faults on every call
-    inter = torch.minimum(high.unsqueeze(2), high.unsqueeze(1))  # [2, M (later i), M (earlier j), b]
-    inter = inter.sub_(torch.maximum(low.unsqueeze(2), low.unsqueeze(1))).clamp_min_(0)
-    inter = inter[0].mul_(inter[1])
-    side = high - low
+    later, earlier, flat = _pairs(count)
+    # only the pairs (i, j < i): half the work of the full matrix, and no mask
+    first, second = draws.index_select(1, later), draws.index_select(1, earlier)  # [4, P, b]
+    inter = torch.minimum(first[2:], second[2:]).sub_(torch.maximum(first[:2], second[:2])).clamp_min_(0)
+    inter = inter[0].mul_(inter[1])  # [P, b]
+    side = draws[2:] - draws[:2]
     area = side[0] * side[1]  # [M, b]
     # IoU >= t  <=>  inter >= t * (area_i + area_j - inter)  <=>  inter * (1 + t) >= t * (area_i + area_j)
-    conflict = inter.mul_(1.0 + iou_threshold) >= (area.unsqueeze(1) + area.unsqueeze(0)).mul_(iou_threshold)
-    conflict &= _earlier(count)
-    conflict = conflict.view(torch.uint8)  # 0 / 1 bytes: a product and a max reduce fast
+    both = area.index_select(0, later).add_(area.index_select(0, earlier))
+    found = inter.mul_(1.0 + iou_threshold) >= both.mul_(iou_threshold)
+    conflict = area.new_zeros(count * count, area.shape[1], dtype=torch.uint8)
+    conflict = conflict.index_copy_(0, flat, found.view(torch.uint8)).view(count, count, -1)  # [i, j, b]
     keep = torch.ones_like(area, dtype=torch.uint8)
     for _ in range(count):
         # a draw is kept when no kept earlier draw conflicts with it; exact once it stops changing
@@ -224,8 +242,8 @@ def sample_box_pairs(
         raise ValueError(f"box_sampling must be 'grid' or 'uniform', got {box_sampling!r}")
     min_box_size = float(min_box_size)
     # float32 is exact to ~1e-3 px at SAR scene sizes and halves the memory traffic of the IoU tests.
-    g1 = _as_geometry_tensor(geometry1)
-    g2 = _as_geometry_tensor(geometry2)
+    both = _as_geometry_pair(geometry1, geometry2)
+    g1, g2 = both if both is not None else (_as_geometry_tensor(geometry1), _as_geometry_tensor(geometry2))
     if g1.shape != g2.shape:
         raise ValueError(
             f"geometry1 has {g1.shape[0]} rows, geometry2 {g2.shape[0]}: expected one per image each"
@@ -234,9 +252,10 @@ def sample_box_pairs(
     no_boxes = (empty, empty.clone(), empty.clone()) if return_source_boxes else (empty, empty.clone())
     if g1.shape[0] == 0 or boxes_per_image == 0:
         return no_boxes
-    with torch.no_grad():
+    # inference mode skips the autograd bookkeeping of every small op
+    with torch.inference_mode():
         found = _sample(
-            torch.stack([g1, g2]),
+            torch.stack([g1, g2]) if both is None else both,
             boxes_per_image,
             min_box_size,
             float(iou_threshold),
@@ -247,7 +266,10 @@ def sample_box_pairs(
             clip,
             return_source_boxes,
         )
-    return no_boxes if found is None else found
+    if found is None:
+        return no_boxes
+    # inference tensors cannot be saved for backward (roi_align in the model does): hand back normal ones
+    return tuple(boxes.clone() for boxes in found)
 
 
 def _sample(
