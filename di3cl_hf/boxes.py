@@ -39,8 +39,9 @@ import torch.utils.data
 from .augmentation import GEOMETRY_FIELDS, ViewGeometry, geometries_to_tensor
 
 _FIELDS = operator.attrgetter(*GEOMETRY_FIELDS)
-# (x, y) order of the geometry fields: left, top, width, height, output_width, output_height.
-_XY_FIELDS = (1, 0, 3, 2, 5, 4)
+# The geometry fields in (x, y) order: left, top, width, height, output_width, output_height, hflip, vflip, rot90.
+_XY_ORDER = (1, 0, 3, 2, 5, 4, 6, 7, 8)
+_XY_FIELDS = operator.attrgetter(*(GEOMETRY_FIELDS[i] for i in _XY_ORDER))
 # Per quarter-turn count k: (mirror x, mirror y, swap axes) of the turn ``(x, y) -> (y, W - x)`` applied k times.
 _TURNS = ((False, False, False), (True, False, True), (True, True, False), (False, True, True))
 
@@ -72,14 +73,17 @@ def _as_geometry_tensor(geometry: torch.Tensor | Sequence[ViewGeometry | dict]) 
 
 
 def _as_geometry_pair(geometry1: Any, geometry2: Any) -> torch.Tensor | None:
-    """Both views' :class:`ViewGeometry` lists -> [2, B, 9] float32 in one conversion; None for other inputs."""
+    """Both views' :class:`ViewGeometry` lists -> [2, B, 9] float32, fields in ``_XY_ORDER``, in one conversion.
+
+    Returns None for other inputs (tensors, dicts), which take the general path.
+    """
     if isinstance(geometry1, torch.Tensor) or isinstance(geometry2, torch.Tensor):
         return None
     try:
         count = len(geometry1)
         if len(geometry2) != count:
             return None
-        values = itertools.chain.from_iterable(map(_FIELDS, itertools.chain(geometry1, geometry2)))
+        values = itertools.chain.from_iterable(map(_XY_FIELDS, itertools.chain(geometry1, geometry2)))
         array = np.fromiter(values, dtype=np.float32, count=2 * count * len(GEOMETRY_FIELDS))
     except (AttributeError, TypeError, ValueError):  # dicts, tensors, ...: the general path
         return None
@@ -255,7 +259,7 @@ def sample_box_pairs(
     # inference mode skips the autograd bookkeeping of every small op
     with torch.inference_mode():
         found = _sample(
-            torch.stack([g1, g2]) if both is None else both,
+            torch.stack([g1, g2])[..., list(_XY_ORDER)] if both is None else both,
             boxes_per_image,
             min_box_size,
             float(iou_threshold),
@@ -284,9 +288,9 @@ def _sample(
     clip: bool,
     return_source_boxes: bool,
 ) -> tuple[torch.Tensor, ...] | None:
-    """:func:`sample_box_pairs` on both views' geometries [2, B, 9] (float32); None when no boxes."""
+    """:func:`sample_box_pairs` on both views' geometries [2, B, 9] (float32, ``_XY_ORDER``); None: no boxes."""
     # [view, (offset, crop, output), axis (x, y), image]
-    fields = geometry[..., _XY_FIELDS].transpose(1, 2).reshape(2, 3, 2, -1)
+    fields = geometry[..., :6].transpose(1, 2).reshape(2, 3, 2, -1)
     offset, crop, output = fields.unbind(dim=1)  # [2 (view), 2 (x, y), B]
     # Intersection of the two crops in source pixels, and the scaled space: per axis, the smaller zoom.
     origin = offset.amax(dim=0)  # [2, B]
@@ -347,7 +351,7 @@ def _sample(
     table = torch.cat(
         [scale, origin, offset.flatten(0, 1), zoom.flatten(0, 1), output.flatten(0, 1), flags.flatten(0, 1)]
     )
-    table = table.t().contiguous().index_select(0, image_index).t().contiguous()  # [26, N]
+    table = table.index_select(1, image_index)  # [26, N]
     source = scaled.view(2, 2, count) / table[0:2] + table[2:4]
     views = table[4:16].reshape(3, 2, 1, 2, count)  # (offset, zoom, output), [2, 1, 2, N] each
     offset, zoom, output = views.unbind(0)
