@@ -211,7 +211,9 @@ def test_stage_model_contents(segmentation_dir: Path, tmp_path: Path) -> None:
     config = json.loads((stage / "config.json").read_text())
     assert config["auto_map"]["AutoModelForSemanticSegmentation"].endswith("DI3CLForSemanticSegmentation")
     # the source folder is untouched (config.json was a hard link in the stage)
-    assert {path.name: path.read_bytes() for path in segmentation_dir.iterdir() if path.is_file()} == source_files
+    assert {
+        path.name: path.read_bytes() for path in segmentation_dir.iterdir() if path.is_file()
+    } == source_files
     assert "README.md" not in os.listdir(segmentation_dir)
     with pytest.raises(ValueError, match="not empty"):
         stage_model(segmentation_dir, stage)
