@@ -172,17 +172,9 @@ class FinetuneArguments:
 
 def parse_args(argv: Sequence[str] | None = None) -> FinetuneArguments:
     """Parse ``argv`` (default ``sys.argv[1:]``) into :class:`FinetuneArguments`; a single ``.json`` file works too."""
-    import sys
+    from .pretraining import parse_dataclass_args
 
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(FinetuneArguments)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        (args,) = parser.parse_json_file(json_file=argv[0])
-    else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
-    return args
+    return parse_dataclass_args(FinetuneArguments, None if argv is None else list(argv))
 
 
 class SegmentationDataset(Dataset):
@@ -1226,15 +1218,10 @@ def plot_label_efficiency(
 
 
 def parse_grid_args(argv: Sequence[str] | None = None) -> EvaluationGridArguments:
-    """Parse ``argv`` (default ``sys.argv[1:]``) into :class:`EvaluationGridArguments`."""
-    import sys
+    """Parse ``argv`` (default ``sys.argv[1:]``) into :class:`EvaluationGridArguments`; a single ``.json`` file works too."""
+    from .pretraining import parse_dataclass_args
 
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(EvaluationGridArguments)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    return args
+    return parse_dataclass_args(EvaluationGridArguments, None if argv is None else list(argv))
 
 
 __all__ = [

@@ -227,17 +227,23 @@ class PretrainingArguments:
             self.data_files = [self.data_files]
 
 
-def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
-    """Parse ``argv`` (or ``sys.argv[1:]``) into :class:`PretrainingArguments`; a single ``.json`` file also works."""
+def parse_dataclass_args(dataclass_type: type, argv: list[str] | None = None) -> Any:
+    """Parse ``argv`` (or ``sys.argv[1:]``) into one ``dataclass_type`` with ``transformers.HfArgumentParser``;
+    a single ``.json`` argument is read as a file of those fields. Shared by the example scripts."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(PretrainingArguments)
+    parser = HfArgumentParser(dataclass_type)
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         (args,) = parser.parse_json_file(json_file=argv[0])
     else:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
     return args
+
+
+def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
+    """Parse ``argv`` (or ``sys.argv[1:]``) into :class:`PretrainingArguments`; a single ``.json`` file also works."""
+    return parse_dataclass_args(PretrainingArguments, argv)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1368,6 +1374,7 @@ __all__ = [
     "main",
     "run_info",
     "parse_args",
+    "parse_dataclass_args",
     "push_folder_to_hub",
     "resolve_checkpoint",
     "resolve_mixed_precision",
