@@ -294,28 +294,9 @@ def load_imagenet_weights(model: nn.Module, weights_file: str | os.PathLike) -> 
     Raises:
         ValueError: no such file, or it does not match the encoder (no key in common, shape mismatch).
     """
-    from .di3cl_layers import adapt_input_conv_weight
-    from .pretraining import load_local_backbone_weights
+    from .pretraining import load_backbone_weights_into
 
-    encoder = find_timm_encoder(model)
-    own = encoder.state_dict()
-    matched: dict[str, torch.Tensor] = {}
-    for key, tensor in load_local_backbone_weights(weights_file).items():
-        if key not in own:
-            continue
-        if key == "conv1.weight" and tensor.shape[1] != own[key].shape[1]:
-            tensor = adapt_input_conv_weight(tensor, own[key].shape[1])
-        if tensor.shape != own[key].shape:
-            raise ValueError(
-                f"{weights_file}: {key} has shape {tuple(tensor.shape)}, the encoder expects {tuple(own[key].shape)}"
-            )
-        matched[key] = tensor.to(own[key].dtype)
-    if not matched:
-        raise ValueError(
-            f"{weights_file}: no tensor matches the {model.config.backbone} encoder (timm ResNet names)"
-        )
-    encoder.load_state_dict(matched, strict=False)
-    return sorted(set(own) - set(matched))
+    return load_backbone_weights_into(find_timm_encoder(model), weights_file, model.config.backbone)
 
 
 def find_timm_encoder(model: nn.Module) -> nn.Module:

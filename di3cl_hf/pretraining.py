@@ -669,20 +669,18 @@ def load_local_backbone_weights(path: str | os.PathLike) -> dict[str, torch.Tens
     return cleaned
 
 
-def initialise_backbone_from_imagenet(model, path: str | os.PathLike) -> list[str]:
-    """Load a local ImageNet ResNet into the query encoder and copy it to the key encoder.
+def load_backbone_weights_into(encoder: torch.nn.Module, path: str | os.PathLike, backbone: str) -> list[str]:
+    """Load a local ImageNet ResNet file (:func:`load_local_backbone_weights`) into a timm ``encoder``.
 
-    conv1 is adapted to ``config.num_channels`` with timm's rule (summed kernels for one channel, repeated and
-    rescaled otherwise). Returns the encoder parameters that were not in the file (empty for a matching ResNet);
-    raises ValueError when nothing matches.
+    conv1 is adapted to the encoder's input channels with timm's rule (summed kernels for one channel, repeated
+    and rescaled otherwise). Returns the encoder parameters that were not in the file (empty for a matching
+    ResNet); raises ValueError naming the file on a shape mismatch or when nothing matches ``backbone``.
     """
     from .di3cl_layers import adapt_input_conv_weight
 
-    state = load_local_backbone_weights(path)
-    query_encoder = _query_encoder_module(model)
-    target = query_encoder.state_dict()
+    target = encoder.state_dict()
     loaded = {}
-    for key, value in state.items():
+    for key, value in load_local_backbone_weights(path).items():
         if key not in target:
             continue
         if key.endswith("conv1.weight") and value.ndim == 4 and value.shape[1] != target[key].shape[1]:
@@ -693,12 +691,21 @@ def initialise_backbone_from_imagenet(model, path: str | os.PathLike) -> list[st
             )
         loaded[key] = value.to(target[key].dtype)
     if not loaded:
-        raise ValueError(
-            f"{path}: no tensor matches the {model.config.backbone} encoder (expected timm ResNet names)"
-        )
-    query_encoder.load_state_dict(loaded, strict=False)
-    _copy_query_to_key(model)
+        raise ValueError(f"{path}: no tensor matches the {backbone} encoder (expected timm ResNet names)")
+    encoder.load_state_dict(loaded, strict=False)
     return sorted(set(target) - set(loaded))
+
+
+def initialise_backbone_from_imagenet(model, path: str | os.PathLike) -> list[str]:
+    """Load a local ImageNet ResNet into the query encoder and copy it to the key encoder.
+
+    conv1 is adapted to ``config.num_channels`` with timm's rule (summed kernels for one channel, repeated and
+    rescaled otherwise). Returns the encoder parameters that were not in the file (empty for a matching ResNet);
+    raises ValueError when nothing matches.
+    """
+    missing = load_backbone_weights_into(_query_encoder_module(model), path, model.config.backbone)
+    _copy_query_to_key(model)
+    return missing
 
 
 def build_optimizer(
@@ -1368,6 +1375,7 @@ __all__ = [
     "check_queue_and_batch",
     "export_encoder",
     "initialise_backbone_from_imagenet",
+    "load_backbone_weights_into",
     "list_checkpoints",
     "load_local_backbone_weights",
     "load_pretraining_dataset",

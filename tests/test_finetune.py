@@ -251,3 +251,28 @@ def test_command_line_parsing_and_help():
     assert grid.seeds == [0, 1] and grid.label_fractions == [0.01, 0.1]
     with pytest.raises(ValueError, match="needs --model_name_or_path"):
         parse_args(["--data_dir", "d", "--output_dir", "o"])
+
+
+def test_imagenet_initialisation_from_a_local_timm_file(tmp_path):
+    """A local timm ResNet file fills the encoder (conv1 adapted to 2 channels); a foreign file is refused."""
+    import timm
+    from safetensors.torch import save_file
+
+    from di3cl_hf import DI3CLConfig, DI3CLForSemanticSegmentation
+    from di3cl_hf.finetuning import load_imagenet_weights
+
+    reference = timm.create_model("resnet18", pretrained=False)
+    weights = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
+    model = DI3CLForSemanticSegmentation(DI3CLConfig(backbone="resnet18", num_channels=2, num_labels=3))
+    missing = load_imagenet_weights(model, weights)
+    assert missing == []
+    encoder = model.di3cl.encoder
+    torch.testing.assert_close(
+        encoder.layer4[1].conv2.weight, reference.layer4[1].conv2.weight, rtol=0, atol=0
+    )
+    assert encoder.conv1.weight.shape[1] == 2
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"something.weight": torch.zeros(3)}, str(foreign))
+    with pytest.raises(ValueError, match="foreign.safetensors: no tensor matches the resnet18 encoder"):
+        load_imagenet_weights(model, foreign)
