@@ -22,6 +22,7 @@ import torch
 from .configuration_di3cl import DI3CLConfig
 from .di3cl_layers import adapt_input_conv_weight
 from .modeling_di3cl import DI3CLForPreTraining
+from .sario import replace_directory
 
 # Release prefix -> prefix in DI3CLForPreTraining (after the DDP "module." prefix is removed).
 KEY_PREFIXES = {
@@ -205,13 +206,7 @@ def save_atomically(model: DI3CLForPreTraining, out_dir: str | os.PathLike, over
     temporary = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         model.save_pretrained(temporary)
-        if out_dir.exists():
-            backup = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, backup)
-            os.replace(temporary, out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(temporary, out_dir)
+        replace_directory(temporary, out_dir)
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)

@@ -988,14 +988,9 @@ def save_encoder(model, processor, args: PretrainingArguments, summary: dict, ou
         tmp, repo_id=args.hub_model_id, run_info=run_info(args, model.config, summary), tags=["pretraining"]
     )
     (tmp / "README.md").write_text(str(card))
-    if final.exists():
-        old = final.with_name(f".old-{ENCODER_DIRNAME}-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    return final
+    from .sario import replace_directory
+
+    return replace_directory(tmp, final)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ by window through :func:`create_geotiff`.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -496,6 +497,20 @@ def _temp_path(path: Path) -> Path:
     return Path(name)
 
 
+def replace_directory(temporary: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path:
+    """Move a finished ``temporary`` folder onto ``final`` by renames only: an existing ``final`` is moved
+    aside first and deleted after, so ``final`` is always either the old or the new complete folder."""
+    temporary, final = Path(temporary), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(temporary, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temporary, final)
+    return final
+
+
 class GeoTIFFWriter:
     """Write a GeoTIFF window by window, atomically; use :func:`create_geotiff`.
 
@@ -692,6 +707,7 @@ def list_sar_files(root: str | os.PathLike[str]) -> list[Path]:
 
 
 __all__ = [
+    "replace_directory",
     "GeoTIFFWriter",
     "SARFileError",
     "SARRaster",
