@@ -269,11 +269,15 @@ class DI3CLImageProcessor(BaseImageProcessor):
             ``(db, valid)``: float32 [num_channels, H, W] (NaN where invalid) and bool [H, W].
         """
         array, forced_kind = self._to_chw_array(array_chw, "channels_first")
-        kind = forced_kind or (input_kind or self.input_kind)
-        kind = resolve_kind(array, kind, valid_mask)
+        return self._chw_to_db(array, forced_kind or (input_kind or self.input_kind), valid_mask)
+
+    def _chw_to_db(
+        self, array: np.ndarray, kind: str, valid_mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """[C, H, W] values of radiometric ``kind`` (or "auto") -> dB with the model's channel count + validity."""
         db, valid = to_db(
             array,
-            kind,
+            resolve_kind(array, kind, valid_mask),
             self.nodata_value,
             valid_mask=valid_mask,
             db_range=self.db_range,
@@ -434,16 +438,7 @@ class DI3CLImageProcessor(BaseImageProcessor):
     def _array_to_pixel_values(
         self, array: np.ndarray, kind: str, valid_mask: np.ndarray | None, size: dict[str, int] | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        kind = resolve_kind(array, kind, valid_mask)
-        db, valid = to_db(
-            array,
-            kind,
-            self.nodata_value,
-            valid_mask=valid_mask,
-            db_range=self.db_range,
-            calibration_db=self.calibration_db,
-        )
-        db = match_channels(db, self.num_channels)
+        db, valid = self._chw_to_db(array, kind, valid_mask)
         low, high = self.clip_bounds(db, valid)
         unit = scale_to_unit(db, low, high)
         if size is not None and (unit.shape[1], unit.shape[2]) != (size["height"], size["width"]):
