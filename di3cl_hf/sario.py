@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,14 @@ class SARFileError(ValueError):
 
     The message always starts with the offending file path.
     """
+
+
+# GDAL's block cache is shared by all datasets of the process: a thread reading one file can evict and
+# flush a dirty block of another file that a second thread is writing, and a pixel-interleaved GeoTIFF
+# then loses the newest pixels of some bands (GDAL issue #2011, still reproducible with GDAL 3.10 and a
+# reader thread beside a writer thread: tests/test_sario.py::test_concurrent_read_and_write_lose_nothing).
+# Every block read or write of this module holds this lock, so threads using it never overlap in GDAL.
+_GDAL_BLOCK_IO = threading.RLock()
 
 
 @dataclass
@@ -324,8 +333,9 @@ class SARScene:
         if ds.dtypes[0] == "complex_int16":
             options["out_dtype"] = "complex64"
         try:
-            array = ds.read(indexes, window=window, **options)
-            masks = ds.read_masks(indexes, window=window, boundless=boundless)
+            with _GDAL_BLOCK_IO:
+                array = ds.read(indexes, window=window, **options)
+                masks = ds.read_masks(indexes, window=window, boundless=boundless)
         except RasterioError as error:
             raise _error(self.path, f"truncated or unreadable pixel data ({error})") from error
         valid = (masks > 0).all(axis=0) & _finite_mask(array) & _nodata_mask(array, self.nodata)
@@ -345,7 +355,8 @@ class SARScene:
         """Quick-look (grey+alpha, RGB, RGBA): one grey band (exact when R == G == B), alpha -> validity."""
         ds = self._dataset
         try:
-            rgba = ds.read(window=window, **({"boundless": True, "fill_value": 0} if boundless else {}))
+            with _GDAL_BLOCK_IO:
+                rgba = ds.read(window=window, **({"boundless": True, "fill_value": 0} if boundless else {}))
         except RasterioError as error:
             raise _error(self.path, f"truncated or unreadable pixel data ({error})") from error
         colour = rgba[:-1] if self._has_alpha else rgba
@@ -379,7 +390,8 @@ class SARScene:
     def close(self) -> None:
         """Close the underlying file."""
         if self._dataset is not None:
-            self._dataset.close()
+            with _GDAL_BLOCK_IO:
+                self._dataset.close()
             self._dataset = None
         self._array = None
 
@@ -562,21 +574,24 @@ class GeoTIFFWriter:
             array = array[None]
         if array.dtype == np.bool_:
             array = array.astype(np.uint8)
-        self._dataset.write(array, window=_as_window(window))
+        with _GDAL_BLOCK_IO:
+            self._dataset.write(array, window=_as_window(window))
 
     def close(self) -> None:
         """Finish the file and move it into place."""
         if self._closed:
             return
         self._closed = True
-        self._dataset.close()
+        with _GDAL_BLOCK_IO:  # flushes the last dirty blocks
+            self._dataset.close()
         try:
             if self.cog:
                 cog_tmp = _temp_path(self.path)
                 try:
                     options = {"COMPRESS": self.compress.upper()} if self.compress else {}
                     options["OVERVIEW_RESAMPLING"] = self.overview_resampling
-                    rasterio.shutil.copy(self._tmp, cog_tmp, driver="COG", BIGTIFF="IF_SAFER", **options)
+                    with _GDAL_BLOCK_IO:
+                        rasterio.shutil.copy(self._tmp, cog_tmp, driver="COG", BIGTIFF="IF_SAFER", **options)
                     os.replace(cog_tmp, self.path)
                 finally:
                     cog_tmp.unlink(missing_ok=True)
@@ -589,7 +604,8 @@ class GeoTIFFWriter:
         """Discard everything written so far."""
         if not self._closed:
             self._closed = True
-            self._dataset.close()
+            with _GDAL_BLOCK_IO:
+                self._dataset.close()
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> GeoTIFFWriter:
