@@ -11,9 +11,10 @@
    normalised by the summed weights, so no seams show. The class map is the argmax of the blended
    logits, the probabilities their softmax (computed once per output pixel, not per tile).
 4. Tiles are blended in row-major order (batches may span rows of tiles); the columns of a tile that
-   no later tile of its row reaches are written out as soon as it is added. Memory therefore holds
-   one batch of tiles, one tile-sized accumulator, and a full-width band of ~``overlap`` rows carried
-   to the next row of tiles: it grows with the scene width only through that thin band.
+   no later tile of its row reaches are written out as soon as it is added; sums are made in place in
+   the tiles' own logits. Memory therefore holds a few batches of tiles, the ~``overlap`` columns
+   shared with the next tile, and a full-width band of ~``overlap`` rows carried to the next row of
+   tiles: it grows with the scene width only through that thin band.
 5. The output GeoTIFF (tiled, compressed, Cloud-Optimized by default) gets the input's CRS and
    transform, is written window by window into a temporary file and moved into place only when
    complete (:func:`di3cl_hf.sario.create_geotiff`), so an interrupted run leaves nothing under the
@@ -32,12 +33,16 @@ SAR patches; :func:`save_embeddings` writes them to ``.npy`` or Parquet.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import math
 import os
+import platform
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +65,49 @@ OUTPUT_NODATA = 255
 PROBABILITY_SCALE = 254
 _SAMPLE_WINDOW = 64
 _SAMPLE_GRID = 8
+
+# ----------------------------------------------------------------------------------------- memory
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_MALLOC_LOCK = threading.Lock()
+_malloc_users = 0
+
+
+@contextlib.contextmanager
+def _reuse_large_allocations(enabled: bool = True) -> Iterator[None]:
+    """On glibc, keep freed blocks of up to 64 MiB on the heap while the block runs.
+
+    By default glibc maps every block above 32 MiB (the model's activations and logits for a batch of
+    512 px tiles) freshly from the kernel and unmaps it when freed, so each batch page-faults and
+    zero-fills ~1 GB again; beside the reader and writer threads this slowed ``predict_scene`` by
+    ~9 ms per tile on 2 cores (benchmarks/scene.py; the in-memory reference loop is unaffected).
+    The settings are process-wide: the first of concurrent users sets them, the last puts back
+    glibc's usual dynamic values (32 MiB mapping threshold, 64 MiB trim threshold) and returns the
+    retained memory with ``malloc_trim``. Elsewhere (macOS, musl, Windows) this does nothing.
+    """
+    global _malloc_users
+    libc = None
+    if enabled and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        with contextlib.suppress(OSError):
+            libc = ctypes.CDLL("libc.so.6")
+    if libc is None:
+        yield
+        return
+    with _MALLOC_LOCK:
+        _malloc_users += 1
+        if _malloc_users == 1:
+            libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)
+            libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+    try:
+        yield
+    finally:
+        with _MALLOC_LOCK:
+            _malloc_users -= 1
+            if _malloc_users == 0:
+                libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+                libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+                libc.malloc_trim(0)
+
 
 # ----------------------------------------------------------------------------------------- tiling
 
@@ -291,7 +339,13 @@ class _Tile:
 
 
 class _TileRunner:
-    """Runs batches of tiles through a model: logits (upsampled if needed) times the blending window."""
+    """Runs batches of tiles through a model: logits (upsampled if needed) times the blending window.
+
+    The logits come back in host buffers that are reused: a result stays valid until ``buffers``
+    more calls (the scene loop blends batch ``i`` while the model runs batch ``i + 1``). Fresh 40 MB
+    arrays per batch would each be mapped and zero-filled by the kernel, page faults that stall the
+    model's threads (~9 ms per 512 px tile measured with benchmarks/scene.py on 2 cores).
+    """
 
     def __init__(
         self,
@@ -300,6 +354,7 @@ class _TileRunner:
         autocast_dtype: torch.dtype | None,
         weights_2d: np.ndarray,
         channels_last: bool,
+        buffers: int = 2,
     ) -> None:
         self.model = model
         self.device = device
@@ -309,9 +364,27 @@ class _TileRunner:
         # multiplied (a factor of exactly 1 changes nothing), ~44% of a 512 px tile with overlap 64.
         self.ramps = _weighted_region(weights_2d)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._ring: list[torch.Tensor | None] = [None] * buffers
+        self._calls = 0
+
+    def _host_buffer(self, shape: torch.Size) -> torch.Tensor:
+        """The next float32 host buffer of the ring, ``[N, K, T, T]`` (grown when too small)."""
+        slot = self._calls % len(self._ring)
+        self._calls += 1
+        buffer = self._ring[slot]
+        if buffer is None or buffer.shape[1:] != shape[1:] or buffer.shape[0] < shape[0]:
+            buffer = self._ring[slot] = torch.empty(shape, dtype=torch.float32)
+        return buffer[: shape[0]]
+
+    def _weigh(self, logits: torch.Tensor) -> None:
+        if logits.shape[-2:] == self.weights.shape:
+            for rows, cols in self.ramps:
+                logits[..., rows, cols].mul_(self.weights[rows, cols])
+        else:
+            logits.mul_(self.weights)
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """``tiles`` float32 [N, C, T, T] -> weighted logits float32 [N, T, T, K] (numpy, classes last)."""
+        """``tiles`` float32 [N, C, T, T] -> weighted logits float32 [N, K, T, T] (numpy, one plane per class)."""
         batch = torch.from_numpy(tiles).to(self.device, non_blocking=True)
         batch = batch.contiguous(memory_format=self.memory_format)
         size = batch.shape[-2:]
@@ -322,17 +395,19 @@ class _TileRunner:
                 enabled=self.autocast_dtype is not None,
             ):
                 logits = _logits_of(self.model(batch))
-            logits = logits.float()
             if logits.shape[-2:] != size:
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            # classes last: a free view of channels-last logits, and the layout the blender adds and
-            # takes the argmax in fastest
-            if logits.shape[-2:] == self.weights.shape:
-                for rows, cols in self.ramps:
-                    logits[..., rows, cols].mul_(self.weights[rows, cols])
-            else:
-                logits.mul_(self.weights)
-            return logits.permute(0, 2, 3, 1).cpu().numpy()
+                logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+            # one contiguous float32 plane per class: the blender's sums, argmax and softmax then run
+            # over whole planes, ~5x faster in numpy than over a short class axis per pixel. The copy
+            # converts dtype, layout (channels-last) and device in one pass.
+            if self.device.type != "cpu":
+                logits = logits.float()
+                self._weigh(logits)
+            out = self._host_buffer(logits.shape)
+            out.copy_(logits)
+            if self.device.type == "cpu":
+                self._weigh(out)
+            return out.numpy()
 
 
 def _weighted_region(weights_2d: np.ndarray) -> list[tuple[slice, slice]]:
@@ -437,7 +512,11 @@ def predict_scene(
     weights_2d = np.outer(weights_1d, weights_1d)
     runner = _TileRunner(model, device, autocast_dtype, weights_2d, channels_last)
     start = time.perf_counter()
-    with rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb)), open_scene(input_path) as scene:
+    with (
+        _reuse_large_allocations(device.type == "cpu"),
+        rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb)),
+        open_scene(input_path) as scene,
+    ):
         preprocess = ScenePreprocessor(processor, scene, bands)
         height, width = scene.height, scene.width
         row_starts = tile_starts(height, tile_size, overlap)
@@ -480,18 +559,39 @@ def predict_scene(
     )
 
 
+def argmax_planes(planes: np.ndarray) -> np.ndarray:
+    """``argmax(planes, axis=0)`` as uint8 for ``[K, H, W]`` float planes (K <= 255), first maximum on ties.
+
+    A running maximum over whole planes: ~5x faster than numpy's argmax over the class axis (which
+    runs one tiny reduction per pixel). NaN never wins (numpy's argmax would pick it).
+    """
+    best = planes[0].copy()
+    index = np.zeros(best.shape, dtype=np.uint8)
+    greater = np.empty(best.shape, dtype=bool)
+    candidate = np.empty(best.shape, dtype=np.uint8)
+    for k in range(1, planes.shape[0]):
+        np.greater(planes[k], best, out=greater)
+        np.maximum(best, planes[k], out=best)
+        # indices only grow with k: "k where greater, else keep" is a maximum with k * greater
+        np.multiply(greater.view(np.uint8), np.uint8(k), out=candidate)
+        np.maximum(index, candidate, out=index)
+    return index
+
+
 class _TileBlender:
     """Accumulates weighted tile logits in row-major tile order and writes finished pixels.
 
     Tiles arrive row of tiles by row of tiles, left to right. When tile ``c`` of a row has been added,
     no later tile of that row reaches the columns left of tile ``c + 1``: those columns of the rows
     that the next row of tiles does not cover are final and written out at once; the rows it does
-    cover go into the carry band. Buffers (K = classes, T = tile size, W = scene width):
+    cover go into the carry band. Sums are made in place in each tile's own logits ``[K, T, T]``
+    (handed over by the runner, one plane per class); what persists between tiles is small
+    (K = classes, T = tile size, W = scene width):
 
-    - ``acc``/``weight``/``valid``: ``[T, T, K]``/``[T, T]``, the current tile's footprint (shifted left after
-      each flush, so the next tile of the row lands at column 0);
-    - ``carry``/``carry_weight``: ``[~overlap, W, K]``, the sums of the rows the next row of tiles
-      overlaps, added in when that row's columns are flushed.
+    - ``left``/``left_weight``: ``[K, T, ~overlap]``/``[T, ~overlap]``, the sums of the columns the
+      next tile of the row overlaps;
+    - ``carry``/``carry_weight``: ``[K, ~overlap, W]``/``[~overlap, W]``, the sums of the rows the next
+      row of tiles overlaps, added in when that row's columns are flushed.
 
     Memory is therefore independent of the scene height, and grows with its width only through the
     thin carry band.
@@ -515,16 +615,19 @@ class _TileBlender:
         self.row_starts, self.col_starts = row_starts, col_starts
         self.num_labels = num_labels
         self.output_type = output_type
-        rows, cols = min(tile_size, height), min(tile_size, width)
-        carry_rows = max(
-            (min(height, y + tile_size) - row_starts[i + 1] for i, y in enumerate(row_starts[:-1])), default=0
-        )
-        self.acc = np.zeros((rows, cols, num_labels), dtype=np.float32)
-        self.weight = np.zeros((rows, cols), dtype=np.float32)
-        self.valid = np.zeros((rows, cols), dtype=bool)
-        self.carry = np.zeros((carry_rows, width, num_labels), dtype=np.float32)
+
+        def overlaps(starts: list[int], length: int) -> int:
+            return max(
+                (min(length, s + tile_size) - starts[i + 1] for i, s in enumerate(starts[:-1])), default=0
+            )
+
+        rows, left_cols = min(tile_size, height), overlaps(col_starts, width)
+        carry_rows = overlaps(row_starts, height)
+        self.left = np.zeros((num_labels, rows, left_cols), dtype=np.float32)
+        self.left_weight = np.zeros((rows, left_cols), dtype=np.float32)
+        self.carry = np.zeros((num_labels, carry_rows, width), dtype=np.float32)
         self.carry_weight = np.zeros((carry_rows, width), dtype=np.float32)
-        self.kept = 0  # leading columns of ``acc``/``weight`` holding sums of earlier tiles
+        self.kept = 0  # leading columns of ``left`` holding sums of earlier tiles
         self.carry_rows = 0  # rows of ``carry`` in use (they start at the current row of tiles' first row)
 
     def tiles(self) -> list[_Tile]:
@@ -536,56 +639,57 @@ class _TileBlender:
         ]
 
     def add(self, tile: _Tile, logits: np.ndarray | None, valid: np.ndarray) -> None:
-        """Add one tile's weighted logits ``[T, T, K]`` (``None``: skipped, all nodata)."""
+        """Add one tile's weighted logits ``[K, T, T]`` (``None``: skipped, all nodata); they are
+        summed into in place."""
         rows, cols = tile.window.height, tile.window.width
-        # columns left of ``kept`` hold the previous tile's sums; the rest is this tile's alone
-        # (assigned rather than zeroed and added to: one pass less over the largest buffer)
-        kept = min(self.kept, cols)
-        if logits is not None:
-            self.acc[:rows, :kept] += logits[:rows, :kept]
-            self.acc[:rows, kept:cols] = logits[:rows, kept:cols]
-            self.weight[:rows, :kept] += self.weights_2d[:rows, :kept]
-            self.weight[:rows, kept:cols] = self.weights_2d[:rows, kept:cols]
+        if logits is None:
+            acc = np.zeros((self.num_labels, rows, cols), dtype=np.float32)
+            weight = np.zeros((rows, cols), dtype=np.float32)
         else:
-            self.acc[:rows, kept:cols] = 0
-            self.weight[:rows, kept:cols] = 0
-        self.valid[:rows, :cols] = valid
+            acc = logits[:, :rows, :cols]
+            weight = self.weights_2d[:rows, :cols].copy()
+        kept = min(self.kept, cols)  # columns the previous tile of this row also covered
+        if kept:
+            acc[:, :, :kept] += self.left[:, :rows, :kept]
+            weight[:, :kept] += self.left_weight[:rows, :kept]
         x0 = tile.window.col_off
         x1 = self.col_starts[tile.col + 1] if tile.col + 1 < len(self.col_starts) else self.width
-        self._flush(tile.row, x0, x1, rows, cols)
+        self._flush(tile.row, x0, x1, acc, weight, valid)
 
-    def _flush(self, row: int, x0: int, x1: int, rows: int, span: int) -> None:
-        """Write columns ``[x0, x1)`` of the finished rows of this row of tiles; carry the overlap rows."""
-        width = x1 - x0
+    def _flush(
+        self, row: int, x0: int, x1: int, acc: np.ndarray, weight: np.ndarray, valid: np.ndarray
+    ) -> None:
+        """Write columns ``[x0, x1)`` of the finished rows of this row of tiles; carry the overlap rows
+        and keep the overlap columns."""
+        width, (rows, span) = x1 - x0, weight.shape
         y = self.row_starts[row]
         next_y = self.row_starts[row + 1] if row + 1 < len(self.row_starts) else self.height
         final = next_y - y
-        acc, weight = self.acc[:rows, :width], self.weight[:rows, :width]
+        done, done_weight = acc[:, :, :width], weight[:, :width]
         if self.carry_rows:
-            acc[: self.carry_rows] += self.carry[: self.carry_rows, x0:x1]
-            weight[: self.carry_rows] += self.carry_weight[: self.carry_rows, x0:x1]
-        valid = self.valid[:final, :width] & (weight[:final] > 0)
+            done[:, : self.carry_rows] += self.carry[:, : self.carry_rows, x0:x1]
+            done_weight[: self.carry_rows] += self.carry_weight[: self.carry_rows, x0:x1]
+        valid = valid[:final, :width] & (done_weight[:final] > 0)
         if self.output_type == "classes":
-            # the weight is a positive factor per pixel: the argmax needs no division. numpy's argmax
-            # runs on this (writer) thread alone; torch's would start a second OpenMP team competing
-            # with the model's for the same cores
-            out = acc[:final].argmax(axis=-1).astype(np.uint8)[None]
+            # the weight is a positive factor per pixel: the argmax needs no division. numpy runs on
+            # this (writer) thread alone; torch would start a second OpenMP team competing with the
+            # model's for the same cores
+            out = argmax_planes(done[:, :final])[None]
         else:
-            logits = acc[:final] / np.maximum(weight[:final], 1e-12)[..., None]
-            logits -= logits.max(axis=-1, keepdims=True)
+            logits = done[:, :final] / np.maximum(done_weight[:final], 1e-12)
+            logits -= logits.max(axis=0)
             probabilities = np.exp(logits, out=logits)
-            probabilities /= probabilities.sum(axis=-1, keepdims=True)
-            out = np.rint(probabilities * PROBABILITY_SCALE).astype(np.uint8).transpose(2, 0, 1)
+            probabilities /= probabilities.sum(axis=0)
+            out = np.rint(probabilities * PROBABILITY_SCALE).astype(np.uint8)
         out[:, ~valid] = OUTPUT_NODATA
         self.writer.write(out, Window(x0, y, width, final))
         carried = rows - final
         if carried > 0:
-            self.carry[:carried, x0:x1] = acc[final:rows]
-            self.carry_weight[:carried, x0:x1] = weight[final:rows]
-        # shift what the next tile of this row still adds to (the next add overwrites the rest)
-        keep = span - width
-        for buffer in (self.acc, self.weight, self.valid):
-            buffer[:, :keep] = buffer[:, width:span].copy()
+            self.carry[:, :carried, x0:x1] = done[:, final:rows]
+            self.carry_weight[:carried, x0:x1] = done_weight[final:rows]
+        keep = span - width  # what the next tile of this row adds to
+        self.left[:, :rows, :keep] = acc[:, :, width:span]
+        self.left_weight[:rows, :keep] = weight[:, width:span]
         self.kept = keep
         if x1 == self.width:  # row of tiles finished: the carry now starts at the next row's first row
             self.carry_rows = max(carried, 0)

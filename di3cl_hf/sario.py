@@ -62,6 +62,8 @@ class SARFileError(ValueError):
 # reader thread beside a writer thread: tests/test_sario.py::test_concurrent_read_and_write_lose_nothing).
 # Every block read or write of this module holds this lock, so threads using it never overlap in GDAL.
 _GDAL_BLOCK_IO = threading.RLock()
+# Largest temporary (pre-COG) raster written uncompressed; bigger ones are compressed like the target.
+_RAW_COG_SOURCE_BYTES = 2**30
 
 
 @dataclass
@@ -554,7 +556,13 @@ class GeoTIFFWriter:
         # GDAL's default (cubic) would invent classes in the zoomed-out levels. Floats are averaged.
         self.overview_resampling = "NEAREST" if np.dtype(dtype).kind in "iub" else "AVERAGE"
         self._tmp = _temp_path(self.path)
-        profile = _profile(count, height, width, np.dtype(dtype), crs, transform, nodata, compress, blocksize)
+        # The COG driver re-encodes every tile of the temporary file: compressing it too would be spent
+        # twice (plus once decompressing). It stays uncompressed unless that would take a lot of disk.
+        raw_bytes = height * width * count * np.dtype(dtype).itemsize
+        temporary_compress = None if cog and raw_bytes <= _RAW_COG_SOURCE_BYTES else compress
+        profile = _profile(
+            count, height, width, np.dtype(dtype), crs, transform, nodata, temporary_compress, blocksize
+        )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -590,6 +598,7 @@ class GeoTIFFWriter:
                 try:
                     options = {"COMPRESS": self.compress.upper()} if self.compress else {}
                     options["OVERVIEW_RESAMPLING"] = self.overview_resampling
+                    options["NUM_THREADS"] = "ALL_CPUS"  # compression of the tiles on every core
                     with _GDAL_BLOCK_IO:
                         rasterio.shutil.copy(self._tmp, cog_tmp, driver="COG", BIGTIFF="IF_SAFER", **options)
                     os.replace(cog_tmp, self.path)
