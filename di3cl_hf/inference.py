@@ -278,14 +278,16 @@ class ScenePreprocessor:
             # float32, in place, on this (reader) thread alone: torch would start a second OpenMP
             # team competing with the model's for the same cores
             low, high, scale, mean, std = self._normalise
-            pixel_values = np.maximum(np.asarray(db, dtype=np.float32), low)
+            pixel_values = np.asarray(db, dtype=np.float32)  # our own copy (sar_to_db returns a new array)
+            np.maximum(pixel_values, low, out=pixel_values)
             np.minimum(pixel_values, high, out=pixel_values)
             pixel_values -= low
             pixel_values /= scale
             if self.processor.do_normalize:
                 pixel_values -= mean
                 pixel_values /= std
-        pixel_values[:, ~valid] = 0.0
+        if not valid.all():
+            pixel_values[:, ~valid] = 0.0
         return np.ascontiguousarray(pixel_values, dtype=np.float32), valid
 
 
@@ -669,7 +671,8 @@ class _TileBlender:
         if self.carry_rows:
             done[:, : self.carry_rows] += self.carry[:, : self.carry_rows, x0:x1]
             done_weight[: self.carry_rows] += self.carry_weight[: self.carry_rows, x0:x1]
-        valid = valid[:final, :width] & (done_weight[:final] > 0)
+        # a pixel valid in the scene is covered by no skipped (all-nodata) tile: its weight is > 0
+        valid = valid[:final, :width]
         if self.output_type == "classes":
             # the weight is a positive factor per pixel: the argmax needs no division. numpy runs on
             # this (writer) thread alone; torch would start a second OpenMP team competing with the
@@ -681,7 +684,8 @@ class _TileBlender:
             probabilities = np.exp(logits, out=logits)
             probabilities /= probabilities.sum(axis=0)
             out = np.rint(probabilities * PROBABILITY_SCALE).astype(np.uint8)
-        out[:, ~valid] = OUTPUT_NODATA
+        if not valid.all():
+            out[:, ~valid] = OUTPUT_NODATA
         self.writer.write(out, Window(x0, y, width, final))
         carried = rows - final
         if carried > 0:

@@ -173,7 +173,8 @@ def to_db(
         if nodata is not None:
             bad |= chw == nodata
     else:
-        values = chw.astype(np.float64)
+        # float32 dB needs no arithmetic: no float64 round trip (the largest part of the time here)
+        values = chw if kind == "db" and chw.dtype == np.float32 else chw.astype(np.float64)
         bad = ~np.isfinite(values)
         if nodata is not None and not np.isnan(nodata):
             bad |= chw == nodata
@@ -197,8 +198,9 @@ def to_db(
         else:  # dn8
             low, high = float(db_range[0]), float(db_range[1])
             db = low + values / 255.0 * (high - low)
-    db = db.astype(np.float32)
-    db[:, ~valid] = np.nan
+    db = db.astype(np.float32)  # a copy also of float32 dB input, which is not modified
+    if not valid.all():
+        db[:, ~valid] = np.nan
     return db, valid
 
 

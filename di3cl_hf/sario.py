@@ -36,7 +36,7 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
@@ -337,10 +337,16 @@ class SARScene:
         try:
             with _GDAL_BLOCK_IO:
                 array = ds.read(indexes, window=window, **options)
-                masks = ds.read_masks(indexes, window=window, boundless=boundless)
+                # no nodata value and no mask band: every mask is 255, nothing to read
+                all_valid = all(ds.mask_flag_enums[i - 1] == [MaskFlags.all_valid] for i in indexes)
+                masks = None if all_valid else ds.read_masks(indexes, window=window, boundless=boundless)
         except RasterioError as error:
             raise _error(self.path, f"truncated or unreadable pixel data ({error})") from error
-        valid = (masks > 0).all(axis=0) & _finite_mask(array) & _nodata_mask(array, self.nodata)
+        valid = _finite_mask(array)
+        if masks is not None:
+            valid &= (masks > 0).all(axis=0)
+        if self.nodata is not None and not np.isnan(self.nodata):
+            valid &= _nodata_mask(array, self.nodata)
         if boundless and window is not None:
             valid &= _inside_mask(window, self.height, self.width)
         transform = None
