@@ -291,6 +291,37 @@ def test_bf16_matches_fp32(scene, processor, tmp_path: Path) -> None:
     assert agreement >= 0.99
 
 
+def test_concurrent_scenes_equal_sequential_ones(scene, processor, tmp_path: Path) -> None:
+    """Two scenes predicted at once from two threads (a Space serving two users) give the files that
+    one at a time gives: GDAL I/O, the reused logits buffers and the heap settings are per call or locked."""
+    import threading
+
+    path, _, _ = scene
+    torch.manual_seed(0)
+    model = EdgeSensitiveNet()
+
+    def run(name: str, output_type: str) -> None:
+        predict_scene(
+            model, path, tmp_path / name, processor, tile_size=64, overlap=16, batch_size=3,
+            output_type=output_type, progress=False, cog=False,
+        )  # fmt: skip
+
+    run("classes.tif", "classes")
+    run("probabilities.tif", "probabilities")
+    threads = [
+        threading.Thread(target=run, args=(f"{kind}-concurrent.tif", kind))
+        for kind in ("classes", "probabilities")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for kind in ("classes", "probabilities"):
+        np.testing.assert_array_equal(
+            _read(tmp_path / f"{kind}-concurrent.tif")[0], _read(tmp_path / f"{kind}.tif")[0]
+        )
+
+
 def test_memory_is_bounded_by_a_tile_and_a_thin_band() -> None:
     """The accumulators do not grow with the scene height, and with its width only through the overlap band."""
 
