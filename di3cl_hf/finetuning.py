@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .metrics import SegmentationMetrics, _move_into_place, format_table, hungarian_scores, save_json
+from .atomic import atomic_path, write_text
+from .metrics import SegmentationMetrics, format_table, hungarian_scores, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -647,7 +648,7 @@ def finetune(args: FinetuneArguments) -> dict[str, Any]:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_json(results, output_dir / "metrics.json")
-        _write_text(
+        write_text(
             output_dir / "metrics.md",
             format_table({f"{args.init} ({args.task}, {args.label_fraction:g} labels)": results["test"]}),
         )
@@ -710,14 +711,6 @@ def _scalar_scores(scores: Mapping[str, Any], prefix: str) -> dict[str, float]:
     return {key: value for key, value in scalars.items() if math.isfinite(value)}
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    _move_into_place(temporary, path)
-
-
 def write_model_card(args: FinetuneArguments, results: Mapping[str, Any], output_dir: Path) -> Path:
     """Write ``evaluation.json`` (test scores, task, dataset) and the model card ``README.md`` of a
     saved run with :func:`di3cl_hf.hub.build_model_card`."""
@@ -746,7 +739,7 @@ def write_model_card(args: FinetuneArguments, results: Mapping[str, Any], output
         },
     )
     path = output_dir / "README.md"
-    _write_text(path, str(card))
+    write_text(path, str(card))
     return path
 
 
@@ -1018,7 +1011,7 @@ def run_evaluation_grid(grid: EvaluationGridArguments) -> dict[str, Any]:
         "data": "synthetic" if "synthetic" in str(grid.data_dir).lower() else str(grid.data_dir),
     }
     save_json(summary, output_dir / "evaluation.json")
-    _write_text(output_dir / "evaluation.md", grid_markdown(summary))
+    write_text(output_dir / "evaluation.md", grid_markdown(summary))
     plot_label_efficiency(summary, output_dir / "label_efficiency.png", metric=grid.metric)
     return summary
 
@@ -1189,12 +1182,11 @@ def plot_label_efficiency(
     figure.suptitle("Label efficiency" + (" (synthetic data)" if summary.get("data") == "synthetic" else ""))
     figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    figure.savefig(temporary, dpi=120)
-    plt.close(figure)
-    _move_into_place(temporary, path)
+    try:
+        with atomic_path(path, suffix=".png") as temporary:
+            figure.savefig(temporary, dpi=120)
+    finally:
+        plt.close(figure)
     return path
 
 

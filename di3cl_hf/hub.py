@@ -39,6 +39,8 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, EvalResult, HfApi, ModelCard, ModelCardData
 
+from .atomic import write_json, write_text
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 DEFAULT_LICENSE = "apache-2.0"
@@ -142,22 +144,6 @@ def _read_json(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    _write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def _model_config(model_dir: Path) -> dict[str, Any]:
@@ -732,16 +718,16 @@ def stage_model(
         config = _read_json(stage_dir / "config.json")
         auto_map = {**_available_auto_classes(), **(config.get("auto_map") or {})}
         (stage_dir / "config.json").unlink()  # a hard link to the source: replace, never edit in place
-        _write_json_atomic(stage_dir / "config.json", {**config, "auto_map": auto_map})
+        write_json(stage_dir / "config.json", {**config, "auto_map": auto_map})
         processor_path = stage_dir / "preprocessor_config.json"
         if processor_path.is_file():
             processor = _read_json(processor_path)
             processor_map = {**PROCESSOR_AUTO_CLASSES, **(processor.get("auto_map") or {})}
             processor_path.unlink()
-            _write_json_atomic(processor_path, {**processor, "auto_map": processor_map})
+            write_json(processor_path, {**processor, "auto_map": processor_map})
     if card is None:
         card = build_model_card(model_dir, has_code=include_code, **card_kwargs)
-    _write_text_atomic(stage_dir / "README.md", str(card))
+    write_text(stage_dir / "README.md", str(card))
     return stage_dir
 
 
@@ -843,7 +829,7 @@ def push_dataset(
         if card is not None or not (stage / "README.md").is_file():
             text = str(card) if card is not None else build_dataset_card(data_dir)
             (stage / "README.md").unlink(missing_ok=True)
-            _write_text_atomic(stage / "README.md", text)
+            write_text(stage / "README.md", text)
         return _upload(stage, repo_id, "dataset", token=token, private=private, commit_message=commit_message)
 
 
@@ -1070,7 +1056,7 @@ def export_timm(
             safe_serialization=True,
             data_config=data_config,
         )
-        _write_text_atomic(
+        write_text(
             Path(temp) / "README.md", _timm_card(architecture, num_channels, data_config, radiometry, license)
         )
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,6 @@ import ctypes
 import math
 import os
 import platform
-import tempfile
 import threading
 import time
 import warnings
@@ -55,6 +54,7 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
+from .atomic import atomic_path, write_text
 from .sario import create_geotiff, open_scene, read_sar
 
 OUTPUT_TYPES = ("classes", "probabilities")
@@ -835,13 +835,6 @@ def embed_files(
     return features
 
 
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
 def save_embeddings(
     path: str | os.PathLike[str], embeddings: Sequence[np.ndarray], paths: Sequence[str | os.PathLike[str]]
 ) -> Path:
@@ -862,8 +855,7 @@ def save_embeddings(
         )
     if len(embeddings) != len(paths):
         raise ValueError(f"{len(embeddings)} embeddings for {len(paths)} files")
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path, suffix=path.suffix) as temporary:
         if path.suffix.lower() == ".npy":
             shapes = {tuple(e.shape) for e in embeddings}
             if len(shapes) > 1:
@@ -871,12 +863,9 @@ def save_embeddings(
                     f"{path}: embeddings of different shapes {sorted(shapes)} (patches of different sizes with "
                     "dense features) cannot be stacked into one .npy; write a .parquet file instead"
                 )
-            with open(tmp, "wb") as handle:
+            with open(temporary, "wb") as handle:
                 np.save(handle, np.stack([np.asarray(e, dtype=np.float32) for e in embeddings]))
-            listing = path.with_name(path.stem + ".files.txt")
-            listing_tmp = _atomic_target(listing)
-            listing_tmp.write_text("".join(f"{p}\n" for p in paths))
-            os.replace(listing_tmp, listing)
+            write_text(path.with_name(path.stem + ".files.txt"), "".join(f"{p}\n" for p in paths))
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -890,10 +879,7 @@ def save_embeddings(
                     "shape": pa.array([list(e.shape) for e in embeddings], pa.list_(pa.int32())),
                 }
             )
-            pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            pq.write_table(table, temporary)
     return path
 
 

@@ -26,10 +26,8 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
+
+from .atomic import write_json
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -386,29 +386,9 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def _move_into_place(temporary: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Rename a finished temporary file onto ``path`` with the usual ``0o666 & ~umask`` mode
-    (``mkstemp`` creates files readable by their owner only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    os.replace(temporary, path)
-
-
 def save_json(scores: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``scores`` as indented JSON (``nan`` -> ``null``), atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(_json_ready(scores), handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        _move_into_place(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, _json_ready(scores), allow_nan=False)
 
 
 def _percent(value: float | None) -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import json
 import logging
 import math
 import os
@@ -52,6 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, Sampler
+
+from .atomic import replace_directory, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -855,15 +856,6 @@ def resolve_checkpoint(resume: str, output_dir: str) -> Path:
     return path
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(
     accelerator, output_dir: str, state: TrainerState, save_total_limit: int, summary: dict
 ) -> Path:
@@ -886,7 +878,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_local_main_process and tmp.is_dir():
         if accelerator.is_main_process:
-            _write_json_atomic(tmp / TRAINER_STATE_NAME, summary)
+            write_json(tmp / TRAINER_STATE_NAME, summary, durable=True, sort_keys=True)
         try:
             os.replace(tmp, final)
         except OSError:  # another node's first process renamed the shared folder already
@@ -988,8 +980,6 @@ def save_encoder(model, processor, args: PretrainingArguments, summary: dict, ou
         tmp, repo_id=args.hub_model_id, run_info=run_info(args, model.config, summary), tags=["pretraining"]
     )
     (tmp / "README.md").write_text(str(card))
-    from .sario import replace_directory
-
     return replace_directory(tmp, final)
 
 
@@ -1353,7 +1343,7 @@ def main(args: PretrainingArguments) -> int:
             if args.push_to_hub:
                 commit = push_folder_to_hub(path, args.hub_model_id, private=args.hub_private)
                 accelerator.print(f"pushed to {getattr(commit, 'commit_url', args.hub_model_id)}")
-        _write_json_atomic(output_dir / TRAINER_STATE_NAME, final_summary)
+        write_json(output_dir / TRAINER_STATE_NAME, final_summary, durable=True, sort_keys=True)
     accelerator.wait_for_everyone()
     if log_with:
         accelerator.end_training()

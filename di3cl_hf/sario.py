@@ -22,8 +22,6 @@ by window through :func:`create_geotiff`.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -39,6 +37,8 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
+
+from .atomic import temporary_path
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".gtif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -507,30 +507,6 @@ def _profile(
     return profile
 
 
-def _temp_path(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.tif", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # mkstemp creates 0600; give the final file the usual mode
-    return Path(name)
-
-
-def replace_directory(temporary: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path:
-    """Move a finished ``temporary`` folder onto ``final`` by renames only: an existing ``final`` is moved
-    aside first and deleted after, so ``final`` is always either the old or the new complete folder."""
-    temporary, final = Path(temporary), Path(final)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(temporary, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temporary, final)
-    return final
-
-
 class GeoTIFFWriter:
     """Write a GeoTIFF window by window, atomically; use :func:`create_geotiff`.
 
@@ -561,7 +537,7 @@ class GeoTIFFWriter:
         # COG overviews: integer rasters (class maps, masks, uint8 probabilities) keep real values (nearest);
         # GDAL's default (cubic) would invent classes in the zoomed-out levels. Floats are averaged.
         self.overview_resampling = "NEAREST" if np.dtype(dtype).kind in "iub" else "AVERAGE"
-        self._tmp = _temp_path(self.path)
+        self._tmp = temporary_path(self.path, ".tmp.tif")
         # The COG driver re-encodes every tile of the temporary file: compressing it too would be spent
         # twice (plus once decompressing). It stays uncompressed unless that would take a lot of disk.
         raw_bytes = height * width * count * np.dtype(dtype).itemsize
@@ -600,7 +576,7 @@ class GeoTIFFWriter:
             self._dataset.close()
         try:
             if self.cog:
-                cog_tmp = _temp_path(self.path)
+                cog_tmp = temporary_path(self.path, ".tmp.tif")
                 try:
                     options = {"COMPRESS": self.compress.upper()} if self.compress else {}
                     options["OVERVIEW_RESAMPLING"] = self.overview_resampling
@@ -738,7 +714,6 @@ def list_sar_files(root: str | os.PathLike[str]) -> list[Path]:
 
 
 __all__ = [
-    "replace_directory",
     "GeoTIFFWriter",
     "SARFileError",
     "SARRaster",

@@ -279,19 +279,6 @@ def test_cog_overviews_of_a_class_map_hold_only_real_classes(tmp_path):
             assert set(np.unique(zoomed)) <= {0, 9}, f"overview 1/{factor} invented classes"
 
 
-def test_replace_directory_swaps_whole_folders_and_leaves_nothing_behind(tmp_path):
-    from di3cl_hf.sario import replace_directory
-
-    final, new = tmp_path / "model", tmp_path / ".model.tmp"
-    final.mkdir()
-    (final / "old.txt").write_text("old")
-    new.mkdir()
-    (new / "new.txt").write_text("new")
-    assert replace_directory(new, final) == final
-    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-
-
 def test_concurrent_read_and_write_lose_nothing(tmp_path: Path) -> None:
     """Threads reading one scene beside a thread writing a 3-band pixel-interleaved GeoTIFF in partial
     blocks (what predict_scene does): without sario's lock GDAL's shared block cache loses pixels of
