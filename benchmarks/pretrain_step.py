@@ -9,8 +9,11 @@ for query and key, global / contour / instance projectors, predictor, two queues
 and their weights) in float32 with contiguous memory, and box pairs sampled on the main process in a Python loop
 between data loading and the forward pass (part of its step).
 
-Both get the same views (made once, outside the timing: the augmentation costs the same for both) and run
-alternately so that background load affects both alike. Prints both median step times and the ratio.
+Both get the same views (made once, outside the timing: the augmentation costs the same for both). Our steps run
+inside ``di3cl_hf.memory.reuse_large_allocations`` as in the training loop (large activations reused from the
+heap; glibc's setting is process-wide, so the phases cannot interleave step by step): reference steps, then
+ours, then reference steps again, so that drifting background load affects both alike. Prints both median
+step times and the ratio.
 
     python benchmarks/pretrain_step.py                 # ResNet-50, 448 px, batch 8 (the setting)
     python benchmarks/pretrain_step.py --backbone resnet18 --image_size 128 --iterations 2   # quick check
@@ -33,6 +36,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from di3cl_hf.configuration_di3cl import DI3CLConfig
+from di3cl_hf.memory import reuse_large_allocations
 from di3cl_hf.modeling_di3cl import DI3CLForPreTraining
 from di3cl_hf.pretraining import (
     PretrainingArguments,
@@ -297,20 +301,26 @@ def main() -> None:
         collator(samples)
         collate.append(time.perf_counter() - start)
 
-    ours_times, reference_times = [], []
-    for iteration in range(args.warmup + args.iterations):
-        t_reference = reference_step()
-        t_ours = our_step()
-        if iteration >= args.warmup:
-            reference_times.append(t_reference)
-            ours_times.append(t_ours)
-        print(f"  iteration {iteration}: reference {t_reference:.3f} s, ours {t_ours:.3f} s", flush=True)
+    def phase(name: str, step) -> list[float]:
+        times = []
+        for iteration in range(args.warmup + args.iterations):
+            seconds = step()
+            print(f"  {name} step {iteration}: {seconds:.3f} s", flush=True)
+            if iteration >= args.warmup:
+                times.append(seconds)
+        return times
+
+    reference_times = phase("reference", reference_step)
+    with reuse_large_allocations(device.type == "cpu"):  # what the training loop runs in
+        ours_times = phase("ours", our_step)
+    reference_times += phase("reference", reference_step)
 
     t_reference, t_ours = statistics.median(reference_times), statistics.median(ours_times)
     print(f"device: {device_name()}; torch {torch.__version__}")
     print(
         f"setting: {args.backbone}, {args.image_size} px, batch {args.batch_size}, {config.num_channels} channels, "
-        f"queue {config.queue_size}, hidden {config.projection_hidden_dim}; median of {args.iterations} steps"
+        f"queue {config.queue_size}, hidden {config.projection_hidden_dim}; medians of {args.iterations} steps "
+        f"(ours) and 2 x {args.iterations} (reference, before and after)"
     )
     print(f"reference step (fp32, contiguous, boxes in a Python loop): {t_reference:.3f} s")
     print(f"   of which the Python box loop: {statistics.median(box_loop) * 1e3:.1f} ms")

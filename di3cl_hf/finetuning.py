@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .atomic import atomic_path, write_text
+from .memory import reuse_large_allocations
 from .metrics import SegmentationMetrics, format_table, hungarian_scores, save_json
 
 logger = logging.getLogger(__name__)
@@ -588,39 +589,40 @@ def finetune(args: FinetuneArguments) -> dict[str, Any]:
     batches = _infinite_batches(train_loader, accelerator, start_step)
     started = time.perf_counter()
     history: list[dict[str, float]] = []
-    for step in range(start_step + 1, args.max_steps + 1):
-        batch = next(batches)
-        with accelerator.autocast():
-            outputs = network(pixel_values=batch["pixel_values"], labels=batch["labels"])
-        loss = outputs.loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"finetune: non-finite loss {loss.item()} at step {step}")
-        accelerator.backward(loss)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        record = {"train/loss": float(loss.detach()), "train/lr": scheduler.get_last_lr()[0]}
-        history.append(record)
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['train/lr']:.2e}")
-        if report_to:
-            accelerator.log(record, step=step)
-        if args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
-            scores = evaluate(
-                network,
-                eval_loaders["validation"],
-                accelerator,
-                class_names,
-                args.task,
-                ignore_index,
-                args.relaxed_buffer,
-            )
+    with reuse_large_allocations(accelerator.device.type == "cpu"):  # see memory.py
+        for step in range(start_step + 1, args.max_steps + 1):
+            batch = next(batches)
+            with accelerator.autocast():
+                outputs = network(pixel_values=batch["pixel_values"], labels=batch["labels"])
+            loss = outputs.loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"finetune: non-finite loss {loss.item()} at step {step}")
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            record = {"train/loss": float(loss.detach()), "train/lr": scheduler.get_last_lr()[0]}
+            history.append(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['train/lr']:.2e}")
             if report_to:
-                accelerator.log(_scalar_scores(scores, "validation"), step=step)
-            bar.write(f"step {step}: validation mIoU {100 * scores['miou']:.2f}")
-            set_train_mode(accelerator.unwrap_model(network), args.mode)
-        if args.save_every and step % args.save_every == 0:
-            _save_checkpoint(accelerator, checkpoint_dir, step, args.checkpoints_total_limit)
+                accelerator.log(record, step=step)
+            if args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
+                scores = evaluate(
+                    network,
+                    eval_loaders["validation"],
+                    accelerator,
+                    class_names,
+                    args.task,
+                    ignore_index,
+                    args.relaxed_buffer,
+                )
+                if report_to:
+                    accelerator.log(_scalar_scores(scores, "validation"), step=step)
+                bar.write(f"step {step}: validation mIoU {100 * scores['miou']:.2f}")
+                set_train_mode(accelerator.unwrap_model(network), args.mode)
+            if args.save_every and step % args.save_every == 0:
+                _save_checkpoint(accelerator, checkpoint_dir, step, args.checkpoints_total_limit)
     bar.close()
     elapsed = time.perf_counter() - started
 

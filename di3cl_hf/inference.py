@@ -33,15 +33,11 @@ SAR patches; :func:`save_embeddings` writes them to ``.npy`` or Parquet.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import math
 import os
-import platform
-import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +51,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path, write_text
+from .memory import reuse_large_allocations
 from .sario import create_geotiff, open_scene, read_sar
 
 OUTPUT_TYPES = ("classes", "probabilities")
@@ -65,49 +62,6 @@ OUTPUT_NODATA = 255
 PROBABILITY_SCALE = 254
 _SAMPLE_WINDOW = 64
 _SAMPLE_GRID = 8
-
-# ----------------------------------------------------------------------------------------- memory
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-_MALLOC_LOCK = threading.Lock()
-_malloc_users = 0
-
-
-@contextlib.contextmanager
-def _reuse_large_allocations(enabled: bool = True) -> Iterator[None]:
-    """On glibc, keep freed blocks of up to 64 MiB on the heap while the block runs.
-
-    By default glibc maps every block above 32 MiB (the model's activations and logits for a batch of
-    512 px tiles) freshly from the kernel and unmaps it when freed, so each batch page-faults and
-    zero-fills ~1 GB again; beside the reader and writer threads this slowed ``predict_scene`` by
-    ~9 ms per tile on 2 cores (benchmarks/scene.py; the in-memory reference loop is unaffected).
-    The settings are process-wide: the first of concurrent users sets them, the last puts back
-    glibc's usual dynamic values (32 MiB mapping threshold, 64 MiB trim threshold) and returns the
-    retained memory with ``malloc_trim``. Elsewhere (macOS, musl, Windows) this does nothing.
-    """
-    global _malloc_users
-    libc = None
-    if enabled and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        with contextlib.suppress(OSError):
-            libc = ctypes.CDLL("libc.so.6")
-    if libc is None:
-        yield
-        return
-    with _MALLOC_LOCK:
-        _malloc_users += 1
-        if _malloc_users == 1:
-            libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)
-            libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
-    try:
-        yield
-    finally:
-        with _MALLOC_LOCK:
-            _malloc_users -= 1
-            if _malloc_users == 0:
-                libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-                libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-                libc.malloc_trim(0)
-
 
 # ----------------------------------------------------------------------------------------- tiling
 
@@ -385,10 +339,11 @@ class _TileRunner:
         else:
             logits.mul_(self.weights)
 
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """``tiles`` float32 [N, C, T, T] -> weighted logits float32 [N, K, T, T] (numpy, one plane per class)."""
-        batch = torch.from_numpy(tiles).to(self.device, non_blocking=True)
-        batch = batch.contiguous(memory_format=self.memory_format)
+    def __call__(self, tiles: np.ndarray | torch.Tensor) -> np.ndarray:
+        """``tiles`` float32 [N, C, T, T] (numpy, or a tensor in any memory format) -> weighted logits
+        float32 [N, K, T, T] (numpy, one plane per class)."""
+        batch = torch.from_numpy(tiles) if isinstance(tiles, np.ndarray) else tiles
+        batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         size = batch.shape[-2:]
         with torch.inference_mode():
             with torch.autocast(
@@ -491,7 +446,7 @@ def predict_scene(
 
     On a CPU under Linux/glibc, freed blocks of up to 64 MiB are kept on the heap for reuse while the
     scene runs (fresh mappings of the model's large activations each batch cost ~18 % here, see
-    ``_reuse_large_allocations``); glibc's usual settings are restored afterwards.
+    :func:`di3cl_hf.memory.reuse_large_allocations`); glibc's usual settings are restored afterwards.
 
     Raises:
         ValueError: Bad arguments, or a file that cannot be read as a SAR scene.
@@ -519,7 +474,7 @@ def predict_scene(
     runner = _TileRunner(model, device, autocast_dtype, weights_2d, channels_last)
     start = time.perf_counter()
     with (
-        _reuse_large_allocations(device.type == "cpu"),
+        reuse_large_allocations(device.type == "cpu", max_block_mib=64),
         rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb)),
         open_scene(input_path) as scene,
     ):
@@ -747,11 +702,16 @@ def _run_tiles(
             results: list[np.ndarray | None] = [None] * len(batch)
             if wanted:
                 channels = loaded[wanted[0]][0].shape[0]
-                stack = np.zeros((len(wanted), channels, tile_size, tile_size), dtype=np.float32)
+                # built channels-last ([N, T, T, C], the model's memory format): one copy per tile, none
+                # in torch; zeros only where a tile at the scene edge is smaller than the tile size
+                stack = np.empty((len(wanted), tile_size, tile_size, channels), dtype=np.float32)
                 for slot, i in enumerate(wanted):
                     pixel_values = loaded[i][0]
-                    stack[slot, :, : pixel_values.shape[1], : pixel_values.shape[2]] = pixel_values
-                for slot, logits in zip(wanted, runner(stack)):
+                    rows, cols = pixel_values.shape[1:]
+                    if rows < tile_size or cols < tile_size:
+                        stack[slot] = 0.0
+                    stack[slot, :rows, :cols] = pixel_values.transpose(1, 2, 0)
+                for slot, logits in zip(wanted, runner(torch.from_numpy(stack).permute(0, 3, 1, 2))):
                     results[slot] = logits
             if blending is not None:
                 blending.result()  # raises what the writer raised

@@ -53,6 +53,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from .atomic import replace_directory, write_json
+from .memory import reuse_large_allocations
 
 logger = logging.getLogger(__name__)
 
@@ -1212,122 +1213,131 @@ def main(args: PretrainingArguments) -> int:
             )
         return digests
 
-    try:
-        while state.global_step < total_steps:
-            window_nonfinite = False
-            stop_requested = torch.zeros(())
-            for _ in range(args.gradient_accumulation_steps):
-                batch = _to_device(next(batches), accelerator.device, args.channels_last)
-                rollback = QueueRollback(unwrapped, keys_per_forward)
-                with accelerator.accumulate(model):
-                    output = model(**batch)
-                    values = torch.stack(_output_metrics(output))
-                    flags = torch.tensor(
-                        [0.0 if torch.isfinite(output.loss).item() else 1.0, 1.0 if stop.received else 0.0]
+    # large activations reused from the heap instead of mapped afresh every step (see memory.py)
+    with reuse_large_allocations(accelerator.device.type == "cpu"):
+        try:
+            while state.global_step < total_steps:
+                window_nonfinite = False
+                stop_requested = torch.zeros(())
+                for _ in range(args.gradient_accumulation_steps):
+                    batch = _to_device(next(batches), accelerator.device, args.channels_last)
+                    rollback = QueueRollback(unwrapped, keys_per_forward)
+                    with accelerator.accumulate(model):
+                        output = model(**batch)
+                        values = torch.stack(_output_metrics(output))
+                        flags = torch.tensor(
+                            [
+                                0.0 if torch.isfinite(output.loss).item() else 1.0,
+                                1.0 if stop.received else 0.0,
+                            ]
+                        )
+                        reduced = accelerator.reduce(
+                            torch.cat([values, flags]).to(accelerator.device), "sum"
+                        ).cpu()
+                        accelerator.backward(
+                            output.loss
+                        )  # always (DDP expects it); a bad window is zeroed below
+                        if reduced[-2] > 0:
+                            rollback.undo()
+                            window_nonfinite = True
+                        else:
+                            interval_sums += reduced[: len(METRIC_NAMES)] / world
+                            interval_count += 1
+                        stop_requested = torch.maximum(stop_requested, reduced[-1])
+                        if accelerator.sync_gradients:
+                            grad_norm = None
+                            if args.max_grad_norm and not window_nonfinite:
+                                grad_norm = accelerator.clip_grad_norm_(
+                                    unwrapped.parameters(), args.max_grad_norm
+                                )
+                                if not torch.isfinite(torch.as_tensor(grad_norm)):
+                                    window_nonfinite = True
+                            if not window_nonfinite:
+                                optimizer.step()
+                            optimizer.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():
+                    # A skipped (non-finite) first update makes torch warn that the scheduler steps before the
+                    # optimiser; advancing the schedule anyway is intended (it follows updates attempted).
+                    warnings.filterwarnings(
+                        "ignore", message=re.escape("Detected call of `lr_scheduler.step()`")
                     )
-                    reduced = accelerator.reduce(
-                        torch.cat([values, flags]).to(accelerator.device), "sum"
-                    ).cpu()
-                    accelerator.backward(output.loss)  # always (DDP expects it); a bad window is zeroed below
-                    if reduced[-2] > 0:
-                        rollback.undo()
-                        window_nonfinite = True
-                    else:
-                        interval_sums += reduced[: len(METRIC_NAMES)] / world
-                        interval_count += 1
-                    stop_requested = torch.maximum(stop_requested, reduced[-1])
-                    if accelerator.sync_gradients:
-                        grad_norm = None
-                        if args.max_grad_norm and not window_nonfinite:
-                            grad_norm = accelerator.clip_grad_norm_(
-                                unwrapped.parameters(), args.max_grad_norm
-                            )
-                            if not torch.isfinite(torch.as_tensor(grad_norm)):
-                                window_nonfinite = True
-                        if not window_nonfinite:
-                            optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():
-                # A skipped (non-finite) first update makes torch warn that the scheduler steps before the
-                # optimiser; advancing the schedule anyway is intended (it follows updates attempted).
-                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-                scheduler.step()
-            state.global_step += 1
-            state.images_seen += global_batch
-            interval_images += global_batch
-            if window_nonfinite:
-                state.nonfinite_total += 1
-                state.nonfinite_consecutive += 1
-                accelerator.print(
-                    f"update {state.global_step}: non-finite loss, update skipped "
-                    f"({state.nonfinite_consecutive} in a row, {state.nonfinite_total} in total)"
-                )
-                if state.nonfinite_consecutive >= args.max_consecutive_nonfinite:
-                    stopped_by = "nonfinite"
+                    scheduler.step()
+                state.global_step += 1
+                state.images_seen += global_batch
+                interval_images += global_batch
+                if window_nonfinite:
+                    state.nonfinite_total += 1
+                    state.nonfinite_consecutive += 1
                     accelerator.print(
-                        f"stopping: {state.nonfinite_consecutive} non-finite losses in a row (limit "
-                        f"--max_consecutive_nonfinite {args.max_consecutive_nonfinite}); lower the learning rate, "
-                        "check the data for NaN/Inf or disable mixed precision"
+                        f"update {state.global_step}: non-finite loss, update skipped "
+                        f"({state.nonfinite_consecutive} in a row, {state.nonfinite_total} in total)"
                     )
-                    exit_code = 3
-                    break
-            else:
-                state.nonfinite_consecutive = 0
+                    if state.nonfinite_consecutive >= args.max_consecutive_nonfinite:
+                        stopped_by = "nonfinite"
+                        accelerator.print(
+                            f"stopping: {state.nonfinite_consecutive} non-finite losses in a row (limit "
+                            f"--max_consecutive_nonfinite {args.max_consecutive_nonfinite}); lower the learning rate, "
+                            "check the data for NaN/Inf or disable mixed precision"
+                        )
+                        exit_code = 3
+                        break
+                else:
+                    state.nonfinite_consecutive = 0
 
-            elapsed = time.perf_counter() - interval_start
-            if interval_count and (
-                state.global_step % args.logging_steps == 0 or state.global_step == total_steps
-            ):
-                means = (interval_sums / interval_count).tolist()
-                last_metrics = dict(zip(METRIC_NAMES, means))
-                last_metrics["lr"] = scheduler.get_last_lr()[0]
-                last_metrics["images_per_second"] = interval_images / max(elapsed, 1e-9)
-                last_metrics["nonfinite_total"] = float(state.nonfinite_total)
-                if log_with:
-                    accelerator.log(
-                        {f"train/{k}": v for k, v in last_metrics.items()}, step=state.global_step
+                elapsed = time.perf_counter() - interval_start
+                if interval_count and (
+                    state.global_step % args.logging_steps == 0 or state.global_step == total_steps
+                ):
+                    means = (interval_sums / interval_count).tolist()
+                    last_metrics = dict(zip(METRIC_NAMES, means))
+                    last_metrics["lr"] = scheduler.get_last_lr()[0]
+                    last_metrics["images_per_second"] = interval_images / max(elapsed, 1e-9)
+                    last_metrics["nonfinite_total"] = float(state.nonfinite_total)
+                    if log_with:
+                        accelerator.log(
+                            {f"train/{k}": v for k, v in last_metrics.items()}, step=state.global_step
+                        )
+                    if progress.disable and accelerator.is_main_process:  # plain log lines for batch jobs
+                        logger.info(
+                            "step %d/%d %s",
+                            state.global_step,
+                            total_steps,
+                            " ".join(f"{k}={v:.4g}" for k, v in last_metrics.items()),
+                        )
+                    interval_sums.zero_()
+                    interval_count = 0
+                    interval_images = 0
+                    interval_start = time.perf_counter()
+                progress.update(1)
+                if last_metrics:
+                    progress.set_postfix(
+                        loss=f"{last_metrics['loss']:.3f}",
+                        g=f"{last_metrics['global_loss']:.3f}",
+                        c=f"{last_metrics['contour_loss']:.3f}",
+                        i=f"{last_metrics['instance_loss']:.3f}",
+                        top1_g=f"{last_metrics['global_top1']:.2f}",
+                        top1_c=f"{last_metrics['contour_top1']:.2f}",
+                        lr=f"{last_metrics['lr']:.2e}",
+                        img_s=f"{last_metrics['images_per_second']:.1f}",
+                        refresh=False,
                     )
-                if progress.disable and accelerator.is_main_process:  # plain log lines for batch jobs
-                    logger.info(
-                        "step %d/%d %s",
-                        state.global_step,
-                        total_steps,
-                        " ".join(f"{k}={v:.4g}" for k, v in last_metrics.items()),
+                if stop_requested > 0:
+                    stopped_by = "signal"
+                    path = checkpoint_now()
+                    accelerator.print(
+                        f"stopped by a signal at update {state.global_step}; checkpoint {path}; continue with "
+                        f"--resume_from_checkpoint latest"
                     )
-                interval_sums.zero_()
-                interval_count = 0
-                interval_images = 0
-                interval_start = time.perf_counter()
-            progress.update(1)
-            if last_metrics:
-                progress.set_postfix(
-                    loss=f"{last_metrics['loss']:.3f}",
-                    g=f"{last_metrics['global_loss']:.3f}",
-                    c=f"{last_metrics['contour_loss']:.3f}",
-                    i=f"{last_metrics['instance_loss']:.3f}",
-                    top1_g=f"{last_metrics['global_top1']:.2f}",
-                    top1_c=f"{last_metrics['contour_top1']:.2f}",
-                    lr=f"{last_metrics['lr']:.2e}",
-                    img_s=f"{last_metrics['images_per_second']:.1f}",
-                    refresh=False,
-                )
-            if stop_requested > 0:
-                stopped_by = "signal"
-                path = checkpoint_now()
-                accelerator.print(
-                    f"stopped by a signal at update {state.global_step}; checkpoint {path}; continue with "
-                    f"--resume_from_checkpoint latest"
-                )
-                break
-            if (
-                args.save_steps > 0
-                and state.global_step % args.save_steps == 0
-                and state.global_step < total_steps
-            ):
-                checkpoint_now()
-    finally:
-        progress.close()
-        stop.restore()
+                    break
+                if (
+                    args.save_steps > 0
+                    and state.global_step % args.save_steps == 0
+                    and state.global_step < total_steps
+                ):
+                    checkpoint_now()
+        finally:
+            progress.close()
+            stop.restore()
 
     if stopped_by != "signal":
         checkpoint_now()
