@@ -19,6 +19,15 @@ _MALLOC_LOCK = threading.Lock()
 _malloc_users = 0
 
 
+def _libc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (the only one with these ``mallopt`` settings), else ``None``."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL("libc.so.6")
+    return None
+
+
 @contextlib.contextmanager
 def reuse_large_allocations(enabled: bool = True, max_block_mib: int = 256) -> Iterator[None]:
     """On glibc, keep freed blocks of up to ``max_block_mib`` MiB on the heap while the block runs.
@@ -39,10 +48,7 @@ def reuse_large_allocations(enabled: bool = True, max_block_mib: int = 256) -> I
     retained memory with ``malloc_trim``. Elsewhere (macOS, musl, Windows) this does nothing.
     """
     global _malloc_users
-    libc = None
-    if enabled and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        with contextlib.suppress(OSError):
-            libc = ctypes.CDLL("libc.so.6")
+    libc = _libc() if enabled else None
     if libc is None:
         yield
         return
