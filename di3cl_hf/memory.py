@@ -37,15 +37,16 @@ def reuse_large_allocations(enabled: bool = True, max_block_mib: int = 256) -> I
     gigabytes again. Measured on the 2-core CPU: ``predict_scene`` ~9 ms per 512 px tile faster
     (benchmarks/scene.py), a ResNet-50 448 px bf16 training step ~18 % faster
     (benchmarks/pretrain_step.py). Used around the scene loop and the training loops on CPU.
+
+    The settings are process-wide: the first of concurrent users sets them, the last puts back
+    glibc's usual dynamic values (32 MiB mapping threshold, 64 MiB trim threshold) and returns the
+    retained memory with ``malloc_trim``. Elsewhere (macOS, musl, Windows) this does nothing.
+
     Args:
         enabled: ``False`` makes this a no-op (e.g. on a GPU, where the host allocates little).
         max_block_mib: Largest block kept; twice as much free memory may stay with the process
             until the block ends (the scene loop uses 64, enough for a batch of 512 px tiles; the
             training loops 256, for ResNet-50 activations at 448 px).
-
-    The settings are process-wide: the first of concurrent users sets them, the last puts back
-    glibc's usual dynamic values (32 MiB mapping threshold, 64 MiB trim threshold) and returns the
-    retained memory with ``malloc_trim``. Elsewhere (macOS, musl, Windows) this does nothing.
     """
     global _malloc_users
     libc = _libc() if enabled else None
