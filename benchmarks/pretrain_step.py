@@ -26,7 +26,9 @@ import copy
 import platform
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import timm
@@ -45,6 +47,9 @@ from di3cl_hf.pretraining import (
     resolve_mixed_precision,
 )
 from di3cl_hf.synthetic import synthetic_patch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from boxes import reference_box_pairs  # noqa: E402  (the sibling benchmark's Python loop)
 
 # ----------------------------------------------------------------------------------------------------------------
 # The reference: plain fp32 PyTorch, boxes in a Python loop
@@ -131,68 +136,6 @@ class ReferenceDI3CL(nn.Module):
         return loss
 
 
-def to_view(x: float, y: float, g) -> tuple[float, float]:
-    """Source pixel (x, y) -> view pixel, for one ViewGeometry (scale, flips, quarter turns), plain Python."""
-    x = (x - g.left) * g.output_width / g.width
-    y = (y - g.top) * g.output_height / g.height
-    if g.hflip:
-        x = g.output_width - x
-    if g.vflip:
-        y = g.output_height - y
-    w, h = g.output_width, g.output_height
-    for _ in range(g.rot90 % 4):
-        x, y = y, w - x
-        w, h = h, w
-    return x, y
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-def python_loop_boxes(geometries1, geometries2, config: DI3CLConfig, size: int):
-    """The release's box sampling: per image, grid-based boxes in the crops' intersection, IoU rejection."""
-    boxes_q, boxes_k = [], []
-    for index, (g1, g2) in enumerate(zip(geometries1, geometries2)):
-        x1, y1 = max(g1.left, g2.left), max(g1.top, g2.top)
-        x2, y2 = min(g1.left + g1.width, g2.left + g2.width), min(g1.top + g1.height, g2.top + g2.height)
-        zoom = min(g1.output_width / g1.width, g2.output_width / g2.width)
-        w, h = (x2 - x1) * zoom, (y2 - y1) * zoom
-        m = config.min_box_size
-        if w < m or h < m:
-            continue
-        accepted = []
-        for _ in range(config.boxes_per_image):
-            for _try in range(50):
-                nx, ny = random.randint(1, int(w // m)), random.randint(1, int(h // m))
-                cx, cy = random.randrange(nx), random.randrange(ny)
-                cell_w, cell_h = w / nx, h / ny
-                bw, bh = random.uniform(m, cell_w), random.uniform(m, cell_h)
-                bx = cx * cell_w + random.uniform(0, cell_w - bw)
-                by = cy * cell_h + random.uniform(0, cell_h - bh)
-                box = (bx, by, bx + bw, by + bh)
-                if all(iou(box, other) < config.box_iou_threshold for other in accepted):
-                    accepted.append(box)
-                    break
-        for bx1, by1, bx2, by2 in accepted:
-            corners = [(x1 + bx1 / zoom, y1 + by1 / zoom), (x1 + bx2 / zoom, y1 + by2 / zoom)]
-            for geometry, out in ((g1, boxes_q), (g2, boxes_k)):
-                (ax, ay), (bx, by) = (to_view(px, py, geometry) for px, py in corners)
-                out.append(
-                    [
-                        index,
-                        min(max(min(ax, bx), 0), size),
-                        min(max(min(ay, by), 0), size),
-                        min(max(max(ax, bx), 0), size),
-                        min(max(max(ay, by), 0), size),
-                    ]
-                )
-    return torch.tensor(boxes_q, dtype=torch.float32), torch.tensor(boxes_k, dtype=torch.float32)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Benchmark
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,6 +190,12 @@ def main() -> None:
     geometries1 = [s["geometry1"] for s in samples]
     geometries2 = [s["geometry2"] for s in samples]
 
+    def python_boxes(geometries1, geometries2):
+        """The release's per-image Python box sampling (the reference of benchmarks/boxes.py)."""
+        return reference_box_pairs(
+            geometries1, geometries2, config.boxes_per_image, config.min_box_size, config.box_iou_threshold
+        )
+
     # Ours.
     accelerator = Accelerator(mixed_precision=precision)
     ours = DI3CLForPreTraining(config).to(memory_format=torch.channels_last).train()
@@ -281,7 +230,7 @@ def main() -> None:
 
     def reference_step() -> float:
         start = time.perf_counter()
-        boxes_q, boxes_k = python_loop_boxes(geometries1, geometries2, config, args.image_size)
+        boxes_q, boxes_k = python_boxes(geometries1, geometries2)
         loss = reference(views_q, views_k, boxes_q.to(device), boxes_k.to(device))
         loss.backward()
         reference_optimizer.step()
@@ -293,7 +242,7 @@ def main() -> None:
     box_loop = []
     for _ in range(5):
         start = time.perf_counter()
-        python_loop_boxes(geometries1, geometries2, config, args.image_size)
+        python_boxes(geometries1, geometries2)
         box_loop.append(time.perf_counter() - start)
     collate = []
     for _ in range(5):
