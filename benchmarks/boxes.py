@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from di3cl_hf.augmentation import TwoViewTransform, ViewGeometry
-from di3cl_hf.boxes import sample_box_pairs
+from di3cl_hf.training.augmentation import TwoViewTransform, ViewGeometry
+from di3cl_hf.training.boxes import sample_box_pairs
 
 
 def _map_point(x: float, y: float, g: ViewGeometry) -> tuple[float, float]:

@@ -4,7 +4,7 @@ Both paths end with the same thing, a float32 ``[C, H, W]`` array plus a bool ``
 per patch, and are measured in the same run on the same synthetic patches (written first, then read
 once to warm the page cache):
 
-- ``geotiff``: :func:`di3cl_hf.sario.read_sar` on every file (rasterio, deflate-compressed tiles).
+- ``geotiff``: :func:`di3cl_hf.data.sario.read_sar` on every file (rasterio, deflate-compressed tiles).
 - ``parquet``: ``load_dataset("parquet", ...)`` of :func:`di3cl_hf.data.export_parquet`'s shards,
   iterated through :func:`di3cl_hf.data.with_decoding` (map-style, memory-mapped Arrow cache).
 - ``parquet-stream``: the same shards with ``streaming=True`` (read straight from Parquet).
@@ -25,9 +25,9 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from di3cl_hf.data import export_parquet, load_sarsense, with_decoding
-from di3cl_hf.sario import list_sar_files, read_sar
-from di3cl_hf.synthetic import generate_sarsense
+from di3cl_hf.data.sario import list_sar_files, read_sar
+from di3cl_hf.data.sarsense import export_parquet, load_sarsense, with_decoding
+from di3cl_hf.data.synthetic import generate_sarsense
 
 
 def _consume(samples: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[int, float]:

@@ -1,6 +1,6 @@
 """One DI3CL pre-training step: our default step against a plain fp32 reference of the same method, in one run.
 
-Ours (what ``di3cl_hf.pretraining`` runs): ``DI3CLForPreTraining`` prepared by Accelerate with bf16 autocast (where
+Ours (what ``di3cl_hf.training.pretraining`` runs): ``DI3CLForPreTraining`` prepared by Accelerate with bf16 autocast (where
 the device supports it) and channels_last weights/inputs; the batch comes from ``PretrainingCollator``, which in
 training runs in the DataLoader workers, so its box sampling is not on the step's critical path.
 
@@ -38,15 +38,15 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from di3cl_hf.configuration_di3cl import DI3CLConfig
+from di3cl_hf.data.synthetic import synthetic_patch
 from di3cl_hf.memory import reuse_large_allocations
 from di3cl_hf.modeling_di3cl import DI3CLForPreTraining
-from di3cl_hf.pretraining import (
+from di3cl_hf.training.pretraining import (
     PretrainingArguments,
     build_optimizer,
     build_transform_and_collator,
     resolve_mixed_precision,
 )
-from di3cl_hf.synthetic import synthetic_patch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from boxes import reference_box_pairs  # noqa: E402  (the sibling benchmark's Python loop)

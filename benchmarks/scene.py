@@ -1,4 +1,4 @@
-"""Scene inference benchmark: megapixels/s and peak memory of ``di3cl_hf.inference.predict_scene``.
+"""Scene inference benchmark: megapixels/s and peak memory of ``di3cl_hf.inference.scene.predict_scene``.
 
 For each scene size (default 4096x4096 and 16384x16384) a synthetic dual-pol scene (float32 dB,
 land-cover-like blocks with speckle-like noise) is generated on the fly, window by window, into an
@@ -52,7 +52,7 @@ def generate_scene(path: Path, size: int, seed: int = 0) -> Path:
     """Write a ``size`` x ``size`` dual-pol float32 dB scene strip by strip (never whole in memory)."""
     from affine import Affine
 
-    from di3cl_hf.sario import create_geotiff
+    from di3cl_hf.data.sario import create_geotiff
 
     rng = np.random.default_rng(seed)
     cells = rng.integers(0, len(CLASS_DB), size=(size // CELL + 1, size // CELL + 1))
@@ -89,7 +89,7 @@ def _model(num_labels: int, decoder_width: int):
 def child_predict(args: argparse.Namespace) -> dict:
     """One scene in a fresh process: ``predict_scene`` and the process's peak resident memory."""
     from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
-    from di3cl_hf.inference import predict_scene
+    from di3cl_hf.inference.scene import predict_scene
 
     model = _model(args.num_labels, args.decoder_width)
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -114,9 +114,9 @@ def child_reference(args: argparse.Namespace) -> dict:
     first, then one plain batch loop (model + softmax, nothing else), timed from a cold model."""
     import torch
 
+    from di3cl_hf.data.sario import open_scene
     from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
-    from di3cl_hf.inference import ScenePreprocessor, _logits_of, resolve_autocast_dtype, tile_starts
-    from di3cl_hf.sario import open_scene
+    from di3cl_hf.inference.scene import ScenePreprocessor, _logits_of, resolve_autocast_dtype, tile_starts
 
     model = _model(args.num_labels, args.decoder_width).to(memory_format=torch.channels_last)
     autocast_dtype = resolve_autocast_dtype("auto", torch.device("cpu"))

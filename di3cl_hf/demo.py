@@ -74,13 +74,13 @@ def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 
     """Run the demo into ``output_dir`` (wiped first) and return the evaluation summary."""
     import torch
 
-    from .finetuning import EvaluationGridArguments, comparison_table, run_evaluation_grid
+    from .data.synthetic import generate_sarsense, generate_scene, generate_segmentation_sets
     from .image_processing_di3cl import DI3CLImageProcessor
-    from .inference import predict_scene
+    from .inference.scene import predict_scene
     from .modeling_di3cl import DI3CLForSemanticSegmentation
-    from .pretraining import PretrainingArguments
-    from .pretraining import main as pretrain
-    from .synthetic import generate_sarsense, generate_scene, generate_segmentation_sets
+    from .training.finetuning import EvaluationGridArguments, comparison_table, run_evaluation_grid
+    from .training.pretraining import PretrainingArguments
+    from .training.pretraining import main as pretrain
 
     if output_dir.exists():
         shutil.rmtree(output_dir)

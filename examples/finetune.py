@@ -1,6 +1,6 @@
 """Fine-tune DI3CL for SAR segmentation: ``python examples/finetune.py ...`` or ``accelerate launch examples/finetune.py ...``.
 
-Every argument is a field of :class:`di3cl_hf.finetuning.FinetuneArguments` (``--help`` lists them); a single
+Every argument is a field of :class:`di3cl_hf.training.finetuning.FinetuneArguments` (``--help`` lists them); a single
 ``.json`` file with those fields works too. Examples::
 
     # water bodies, 10 % of the labels, from a DI3CL checkpoint (pre-training output or converted release)
@@ -18,7 +18,7 @@ Every argument is a field of :class:`di3cl_hf.finetuning.FinetuneArguments` (``-
 
 import sys
 
-from di3cl_hf.finetuning import finetune, metrics_summary, parse_args
+from di3cl_hf.training.finetuning import finetune, metrics_summary, parse_args
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Pre-train DI3CL on SAR patches: ``python examples/pretrain.py ...`` or ``accelerate launch examples/pretrain.py ...``.
 
-Every argument is a field of :class:`di3cl_hf.pretraining.PretrainingArguments` (``--help`` lists them); a single
+Every argument is a field of :class:`di3cl_hf.training.pretraining.PretrainingArguments` (``--help`` lists them); a single
 ``.json`` file with those fields works too. Examples::
 
     # one process (CPU or one GPU), a SARSense folder, release defaults (ResNet-50, 448 px, SGD, cosine)
@@ -15,7 +15,7 @@ Every argument is a field of :class:`di3cl_hf.pretraining.PretrainingArguments` 
 
 Short run on synthetic data (CPU, ~5 min; measured on the 2-core development machine, one thread)::
 
-    python -c "from di3cl_hf.synthetic import generate_sarsense; generate_sarsense('synthetic-sarsense', 512, size=96)"
+    python -c "from di3cl_hf.data.synthetic import generate_sarsense; generate_sarsense('synthetic-sarsense', 512, size=96)"
     OMP_NUM_THREADS=1 python examples/pretrain.py --data_dir synthetic-sarsense --output_dir runs/synthetic \
         --backbone resnet18 --image_size 64 --min_box_size 16 --queue_size 256 --projection_hidden_dim 512 \
         --per_device_batch_size 16 --max_steps 400 --learning_rate 0.05 --warmup_steps 10 --momentum 0.99 \
@@ -30,7 +30,7 @@ homogeneous synthetic set, not from the instance head. ~20-30 images/s with bf16
 
 import sys
 
-from di3cl_hf.pretraining import main, parse_args
+from di3cl_hf.training.pretraining import main, parse_args
 
 if __name__ == "__main__":
     sys.exit(main(parse_args()))

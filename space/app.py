@@ -1,8 +1,8 @@
 """DI3CL in the browser: upload a SAR patch, get land-cover / water / road maps or a feature view.
 
-The app is a thin layer over the library: files are read with ``di3cl_hf.sario``, converted with
+The app is a thin layer over the library: files are read with ``di3cl_hf.data.sario``, converted with
 the model's ``DI3CLImageProcessor`` (radiometry declared or ``auto``) and segmented with
-``di3cl_hf.inference.predict_scene`` (tiled, blended, GeoTIFF output with the input's CRS and
+``di3cl_hf.inference.scene.predict_scene`` (tiled, blended, GeoTIFF output with the input's CRS and
 transform). The feature view colours the first three principal components of the encoder's dense
 (stride-32) features.
 
@@ -54,9 +54,9 @@ from rasterio.errors import RasterioError  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from di3cl_hf import DI3CLForSemanticSegmentation, DI3CLImageProcessor, DI3CLModel  # noqa: E402
-from di3cl_hf.inference import predict_scene  # noqa: E402
+from di3cl_hf.data.sario import SARFileError, open_scene, read_sar, write_geotiff  # noqa: E402
+from di3cl_hf.inference.scene import predict_scene  # noqa: E402
 from di3cl_hf.radiometry import RADIOMETRY_KINDS  # noqa: E402
-from di3cl_hf.sario import SARFileError, open_scene, read_sar, write_geotiff  # noqa: E402
 
 LOGGER = logging.getLogger("di3cl.space")
 transformers_logging.set_verbosity_error()
@@ -434,7 +434,7 @@ def _segment(file: str | None, task: str, radiometry: str):
 
 def example_files(folder: Path | None = None) -> list[Path]:
     """Bundled examples, rendered once by the synthetic generator (nothing binary in the repo)."""
-    from di3cl_hf.synthetic import SYNTHETIC_CRS, synthetic_patch
+    from di3cl_hf.data.synthetic import SYNTHETIC_CRS, synthetic_patch
 
     folder = folder or APP_DIR / "examples"
     try:

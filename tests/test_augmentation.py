@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from di3cl_hf.augmentation import (
+from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
+from di3cl_hf.training.augmentation import (
     PretrainingTransform,
     TwoViewTransform,
     ViewGeometry,
@@ -17,8 +18,7 @@ from di3cl_hf.augmentation import (
     source_to_view,
     view_to_source,
 )
-from di3cl_hf.boxes import PretrainingCollator
-from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
+from di3cl_hf.training.boxes import PretrainingCollator
 
 
 def _coordinate_image(height: int, width: int) -> torch.Tensor:

@@ -8,8 +8,13 @@ import pytest
 import torch
 from torchvision.ops import box_iou, roi_align
 
-from di3cl_hf.augmentation import TwoViewTransform, ViewGeometry, geometries_to_tensor, view_to_source
-from di3cl_hf.boxes import PretrainingCollator, _draw_candidates, _greedy_accept, sample_box_pairs
+from di3cl_hf.training.augmentation import (
+    TwoViewTransform,
+    ViewGeometry,
+    geometries_to_tensor,
+    view_to_source,
+)
+from di3cl_hf.training.boxes import PretrainingCollator, _draw_candidates, _greedy_accept, sample_box_pairs
 
 SEEDS = range(40)
 

@@ -17,9 +17,9 @@ import torch
 from rasterio.transform import from_origin
 
 from di3cl_hf import DI3CLConfig, DI3CLForSemanticSegmentation
+from di3cl_hf.data.sario import write_geotiff
 from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
-from di3cl_hf.inference import OUTPUT_NODATA, register_cli
-from di3cl_hf.sario import write_geotiff
+from di3cl_hf.inference.scene import OUTPUT_NODATA, register_cli
 
 CRS = "EPSG:32631"
 TRANSFORM = from_origin(600000.0, 5000000.0, 20.0, 20.0)

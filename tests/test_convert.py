@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from di3cl_hf import DI3CLForPreTraining, DI3CLModel
-from di3cl_hf.convert import (
+from di3cl_hf.hub.convert import (
     BUFFER_NAMES,
     KEY_PREFIXES,
     CheckpointConversionError,

@@ -16,8 +16,9 @@ from affine import Affine
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
-from di3cl_hf import data
-from di3cl_hf.data import (
+from di3cl_hf.data import sarsense as data
+from di3cl_hf.data.sario import SARFileError, read_sar, write_geotiff
+from di3cl_hf.data.sarsense import (
     IGNORE_INDEX,
     PairingError,
     SARSense,
@@ -30,8 +31,7 @@ from di3cl_hf.data import (
     train_validation_split,
     with_decoding,
 )
-from di3cl_hf.sario import SARFileError, read_sar, write_geotiff
-from di3cl_hf.synthetic import generate_sarsense, generate_segmentation_sets
+from di3cl_hf.data.synthetic import generate_sarsense, generate_segmentation_sets
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-sar"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real SAR samples not found at {REAL}")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from di3cl_hf.finetuning import (
+from di3cl_hf.training.finetuning import (
     EvaluationGridArguments,
     FinetuneArguments,
     SegmentationDataset,
@@ -26,7 +26,7 @@ LANDCOVER = ["water", "wetland", "farmland", "forest", "meadow", "road", "villag
 
 @pytest.fixture(scope="module")
 def segmentation_dir(tmp_path_factory):
-    from di3cl_hf.synthetic import generate_segmentation_sets
+    from di3cl_hf.data.synthetic import generate_segmentation_sets
 
     root = tmp_path_factory.mktemp("synthetic-seg")
     generate_segmentation_sets(root, num_patches=6, size=64, seed=0, tasks=("landcover",))
@@ -79,7 +79,7 @@ def test_resume_from_latest_checkpoint_continues_at_its_step(finetuned, tmp_path
     import dataclasses
     import shutil
 
-    from di3cl_hf.finetuning import FinetuneArguments
+    from di3cl_hf.training.finetuning import FinetuneArguments
 
     output_dir = tmp_path / "resumed"
     shutil.copytree(finetuned["output_dir"], output_dir)
@@ -186,7 +186,7 @@ def test_frozen_and_linear_modes_train_only_the_heads(tiny_config):
 
 def test_kmeans_grid_table_and_curves(segmentation_dir, tiny_config, tmp_path):
     from di3cl_hf import DI3CLImageProcessor, DI3CLModel
-    from di3cl_hf.data import load_segmentation
+    from di3cl_hf.data.sarsense import load_segmentation
 
     splits = load_segmentation(segmentation_dir, task="landcover")
     torch.manual_seed(0)
@@ -237,7 +237,7 @@ def test_kmeans_grid_table_and_curves(segmentation_dir, tiny_config, tmp_path):
 def test_command_line_parsing_and_help():
     from transformers import HfArgumentParser
 
-    from di3cl_hf.finetuning import parse_args, parse_grid_args
+    from di3cl_hf.training.finetuning import parse_args, parse_grid_args
 
     for arguments in (FinetuneArguments, EvaluationGridArguments):
         assert "--label_fraction" in HfArgumentParser(arguments).format_help()
@@ -259,7 +259,7 @@ def test_imagenet_initialisation_from_a_local_timm_file(tmp_path):
     from safetensors.torch import save_file
 
     from di3cl_hf import DI3CLConfig, DI3CLForSemanticSegmentation
-    from di3cl_hf.finetuning import load_imagenet_weights
+    from di3cl_hf.training.finetuning import load_imagenet_weights
 
     reference = timm.create_model("resnet18", pretrained=False)
     weights = tmp_path / "resnet18.safetensors"

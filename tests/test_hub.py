@@ -1,4 +1,4 @@
-"""Tests of di3cl_hf.hub: cards, staging, push round trips against a local fake Hub, timm export."""
+"""Tests of di3cl_hf.hub.push: cards, staging, push round trips against a local fake Hub, timm export."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hub_server import FakeHub
 from huggingface_hub import DatasetCard, ModelCard
 
 from di3cl_hf import DI3CLConfig, DI3CLForSemanticSegmentation, DI3CLImageProcessor, DI3CLModel
-from di3cl_hf.hub import (
+from di3cl_hf.hub.push import (
     CITATION,
     PAPER_TITLE,
     build_dataset_card,
@@ -28,7 +28,7 @@ from di3cl_hf.hub import (
     stage_model,
     stage_space,
 )
-from di3cl_hf.metrics import save_json, scores_from_confusion
+from di3cl_hf.training.metrics import save_json, scores_from_confusion
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -86,7 +86,7 @@ def hub_env(hub: FakeHub, hf_home: Path, **extra: str) -> dict[str, str]:
 # without needing every other command module of `di3cl`.
 CLI_PRELUDE = """
 import argparse
-from di3cl_hf.hub import register_cli
+from di3cl_hf.hub.push import register_cli
 
 def main(argv):
     parser = argparse.ArgumentParser(prog="di3cl")
@@ -223,7 +223,7 @@ def write_parquet_dataset(folder: Path) -> None:
     """A small dataset exported the project's way (data/<split>-*.parquet + README.md)."""
     import datasets
 
-    from di3cl_hf.data import export_parquet
+    from di3cl_hf.data.sarsense import export_parquet
 
     rng = np.random.default_rng(0)
     splits = {

@@ -1,4 +1,4 @@
-"""Tiled scene prediction (di3cl_hf.inference): equality with untiled prediction, seams, georeferencing,
+"""Tiled scene prediction (di3cl_hf.inference.scene): equality with untiled prediction, seams, georeferencing,
 nodata, odd sizes, atomic output, bf16, real Sentinel-1 files, bounded buffers, embeddings."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import torch
 from rasterio.transform import from_origin
 from torch import nn
 
+from di3cl_hf.data.sario import write_geotiff
 from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
-from di3cl_hf.inference import (
+from di3cl_hf.inference.scene import (
     OUTPUT_NODATA,
     PROBABILITY_SCALE,
     _TileBlender,
@@ -25,7 +26,6 @@ from di3cl_hf.inference import (
     save_embeddings,
     tile_starts,
 )
-from di3cl_hf.sario import write_geotiff
 
 REAL_SAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-sar"
 CRS = "EPSG:32631"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from di3cl_hf.metrics import (
+from di3cl_hf.training.metrics import (
     SegmentationMetrics,
     cohen_kappa,
     confusion_matrix,

@@ -118,7 +118,7 @@ def test_pipelines_through_remote_code(folders: dict[str, Path], image: Path) ->
     """In a fresh process where ``import di3cl_hf`` fails, both pipelines load the folders as they are
     pushed to the Hub (``hub.stage_model``: code files + ``auto_map`` for model and processor) with
     ``trust_remote_code=True`` and give the same results as with the package."""
-    from di3cl_hf.hub import stage_model
+    from di3cl_hf.hub.push import stage_model
 
     staged = {
         name: stage_model(folders[name], folders["root"] / f"staged-{name}")

@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from di3cl_hf import pretraining
-from di3cl_hf.pretraining import (
+from di3cl_hf.training import pretraining
+from di3cl_hf.training.pretraining import (
     EpochShardSampler,
     PretrainingArguments,
     build_optimizer,
@@ -58,7 +58,7 @@ def _cli(options: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sarsense(tmp_path_factory) -> Path:
-    from di3cl_hf.synthetic import generate_sarsense
+    from di3cl_hf.data.synthetic import generate_sarsense
 
     root = tmp_path_factory.mktemp("sarsense")
     generate_sarsense(root / "data", 16, size=80, seed=0)

@@ -1,4 +1,4 @@
-"""Reading and writing SAR rasters (di3cl_hf.sario): round trips, masks, windows, errors, real files."""
+"""Reading and writing SAR rasters (di3cl_hf.data.sario): round trips, masks, windows, errors, real files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from affine import Affine
 from PIL import Image
 from rasterio.windows import Window
 
-from di3cl_hf.sario import SARFileError, create_geotiff, list_sar_files, open_scene, read_sar, write_geotiff
+from di3cl_hf.data.sario import (
+    SARFileError,
+    create_geotiff,
+    list_sar_files,
+    open_scene,
+    read_sar,
+    write_geotiff,
+)
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-sar"
 S1_CHIP = REAL / "Spain_7370579_S1Hand.tif"

@@ -28,8 +28,8 @@ import torch
 from affine import Affine
 
 from di3cl_hf import DI3CLConfig, DI3CLForSemanticSegmentation, DI3CLImageProcessor
-from di3cl_hf.sario import write_geotiff
-from di3cl_hf.synthetic import LANDCOVER_CLASSES, synthetic_patch
+from di3cl_hf.data.sario import write_geotiff
+from di3cl_hf.data.synthetic import LANDCOVER_CLASSES, synthetic_patch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts"

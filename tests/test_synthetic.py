@@ -1,4 +1,4 @@
-"""Synthetic SAR (di3cl_hf.synthetic): determinism, radiometry, speckle, seamless windows, files."""
+"""Synthetic SAR (di3cl_hf.data.synthetic): determinism, radiometry, speckle, seamless windows, files."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from di3cl_hf import synthetic
-from di3cl_hf.sario import read_sar
-from di3cl_hf.synthetic import (
+from di3cl_hf.data import synthetic
+from di3cl_hf.data.sario import read_sar
+from di3cl_hf.data.synthetic import (
     CLASS_BACKSCATTER_DB,
     LANDCOVER_CLASSES,
     generate_sarsense,

@@ -1,29 +1,33 @@
-"""The ``di3cl`` command line: each library module contributes its own sub-commands.
+"""The ``di3cl`` command line: one module per command group, each with ``register(subparsers)``.
 
-Every module listed in :data:`COMMAND_MODULES` defines ``register_cli(subparsers)``, which adds its
-``argparse`` sub-parsers and binds them with ``set_defaults(func=...)``; ``func(args)`` returns the
-exit code.
+- :mod:`.predict`: ``predict`` (scene -> class map GeoTIFF) and ``embed`` (patches -> embeddings)
+- :mod:`.data`: ``make-synthetic`` and ``export-parquet``
+- :mod:`.hub`: ``push`` (model / dataset / Space) and ``export-timm``
+- :mod:`.convert`: ``convert-original`` (the original release's checkpoints)
+
+Each ``register`` adds its ``argparse`` sub-parsers and binds them with ``set_defaults(func=...)``;
+``func(args)`` returns the exit code.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-COMMAND_MODULES = ("convert", "data", "inference", "hub")
+from . import convert, data, hub, predict
+
+COMMAND_GROUPS = (convert, data, predict, hub)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the ``di3cl`` parser with the sub-commands of every command module."""
+    """Build the ``di3cl`` parser with the sub-commands of every command group."""
     parser = argparse.ArgumentParser(
         prog="di3cl",
         description="DI3CL, the SAR land-cover foundation model: conversion, data, scene inference and Hub tools.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(f"di3cl_hf.{name}")
-        module.register_cli(subparsers)
+    for group in COMMAND_GROUPS:
+        group.register(subparsers)
     return parser
 
 
@@ -40,8 +44,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"di3cl {args.command}: error: {error}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 __all__ = ["build_parser", "main"]

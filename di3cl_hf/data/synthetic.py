@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 
-from .sario import create_geotiff, write_geotiff
+from ..data.sario import create_geotiff, write_geotiff
 
 LANDCOVER_CLASSES: tuple[str, ...] = (
     "water",

@@ -37,7 +37,7 @@ import torch
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from .atomic import write_json
+from ..atomic import write_json
 
 ArrayLike = np.ndarray | torch.Tensor
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from .atomic import replace_directory
-from .configuration_di3cl import DI3CLConfig
-from .di3cl_layers import adapt_input_conv_weight
-from .modeling_di3cl import DI3CLForPreTraining
+from ..atomic import replace_directory
+from ..configuration_di3cl import DI3CLConfig
+from ..di3cl_layers import adapt_input_conv_weight
+from ..modeling_di3cl import DI3CLForPreTraining
 
 # Release prefix -> prefix in DI3CLForPreTraining (after the DDP "module." prefix is removed).
 KEY_PREFIXES = {

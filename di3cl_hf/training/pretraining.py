@@ -52,8 +52,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
-from .atomic import replace_directory, write_json
-from .memory import reuse_large_allocations
+from ..atomic import replace_directory, write_json
+from ..memory import reuse_large_allocations
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ def load_pretraining_dataset(args: PretrainingArguments):
     import datasets
 
     if args.data_dir:
-        from .data import load_sarsense
+        from ..data.sarsense import load_sarsense
 
         if not Path(args.data_dir).is_dir():
             raise ValueError(f"{args.data_dir}: not a folder (expected a SARSense folder of SAR patches)")
@@ -403,7 +403,7 @@ class SampleFunction:
 
 def _decode(value: Any) -> np.ndarray | None:
     """A stored array: SARSense / ``export_parquet`` rows hold ``{"bytes", "dtype", "shape"}``, others arrays."""
-    from .data import decode_array
+    from ..data.sarsense import decode_array
 
     if value is None:
         return None
@@ -623,7 +623,7 @@ class PretrainingBatches:
 
 def build_config(args: PretrainingArguments):
     """The :class:`DI3CLConfig` of the run (from ``config_name`` or the model arguments)."""
-    from .configuration_di3cl import DI3CLConfig
+    from ..configuration_di3cl import DI3CLConfig
 
     if args.config_name:
         return DI3CLConfig.from_pretrained(args.config_name)
@@ -678,7 +678,7 @@ def load_backbone_weights_into(encoder: torch.nn.Module, path: str | os.PathLike
     and rescaled otherwise). Returns the encoder parameters that were not in the file (empty for a matching
     ResNet); raises ValueError naming the file on a shape mismatch or when nothing matches ``backbone``.
     """
-    from .di3cl_layers import adapt_input_conv_weight
+    from ..di3cl_layers import adapt_input_conv_weight
 
     target = encoder.state_dict()
     loaded = {}
@@ -773,7 +773,7 @@ def _copy_query_to_key(model) -> None:
 
 def export_encoder(model):
     """A standalone :class:`DI3CLModel` holding the query encoder's weights (float32, on CPU)."""
-    from .modeling_di3cl import DI3CLModel
+    from ..modeling_di3cl import DI3CLModel
 
     query = model.di3cl
     encoder = DI3CLModel(model.config)
@@ -961,7 +961,7 @@ def run_info(args: PretrainingArguments, config, summary: dict) -> dict[str, Any
 
 def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False) -> Any:
     """Push the encoder folder with :func:`di3cl_hf.hub.push_model`, keeping its README.md (our run's card)."""
-    from .hub import push_model
+    from ..hub.push import push_model
 
     card = (Path(folder) / "README.md").read_text()
     return push_model(folder, repo_id, private=private, card=card, commit_message="DI3CL pre-trained encoder")
@@ -975,7 +975,7 @@ def save_encoder(model, processor, args: PretrainingArguments, summary: dict, ou
     encoder = export_encoder(model)
     encoder.save_pretrained(str(tmp))
     processor.save_pretrained(str(tmp))
-    from .hub import build_model_card
+    from ..hub.push import build_model_card
 
     card = build_model_card(
         tmp, repo_id=args.hub_model_id, run_info=run_info(args, model.config, summary), tags=["pretraining"]
@@ -1029,9 +1029,9 @@ def _output_metrics(output) -> list[torch.Tensor]:
 
 def build_transform_and_collator(args: PretrainingArguments, config):
     """The image processor, the per-sample view transform and the box collator for ``config``."""
-    from .augmentation import PretrainingTransform, TwoViewTransform
-    from .boxes import PretrainingCollator
-    from .image_processing_di3cl import DI3CLImageProcessor
+    from ..image_processing_di3cl import DI3CLImageProcessor
+    from ..training.augmentation import PretrainingTransform, TwoViewTransform
+    from ..training.boxes import PretrainingCollator
 
     processor = DI3CLImageProcessor(num_channels=config.num_channels, input_kind=args.input_kind)
     views = TwoViewTransform(config.image_size, preset=args.augmentation_preset, db_range=processor.db_range)
@@ -1047,7 +1047,7 @@ def main(args: PretrainingArguments) -> int:
     from accelerate.utils import ProjectConfiguration, gather_object, set_seed
     from tqdm.auto import tqdm
 
-    from .modeling_di3cl import DI3CLForPreTraining
+    from ..modeling_di3cl import DI3CLForPreTraining
 
     output_dir = Path(args.output_dir)
     forced_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")

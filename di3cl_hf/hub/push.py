@@ -39,9 +39,9 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, EvalResult, HfApi, ModelCard, ModelCardData
 
-from .atomic import write_json, write_text
+from ..atomic import write_json, write_text
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 DEFAULT_LICENSE = "apache-2.0"
 DEFAULT_TAGS = ("sar", "remote-sensing", "self-supervised", "di3cl", "earth-observation")
@@ -279,7 +279,7 @@ def evaluation_results(
 def _results_table(evaluation: Mapping[str, Any]) -> str:
     sets = _score_sets(evaluation)
     try:
-        from .metrics import format_table
+        from ..training.metrics import format_table
 
         return format_table({name or "this model": scores for name, scores in sets.items()})
     except ImportError:  # metrics module not available: a plain table of the headline numbers
@@ -602,7 +602,7 @@ def build_dataset_card(
     import datasets
     import pyarrow.parquet as pq
 
-    from .data import dataset_card
+    from ..data.sarsense import dataset_card
 
     data_dir = Path(data_dir)
     shards = sorted((data_dir / "data").glob("*-*.parquet"))
@@ -670,7 +670,7 @@ def _copy_tree(source: Path, target: Path, ignore_patterns: Sequence[str]) -> No
 
 def _available_auto_classes() -> dict[str, str]:
     try:
-        from . import modeling_di3cl
+        from .. import modeling_di3cl
     except ImportError:
         return {key: value for key, value in MODEL_AUTO_CLASSES.items() if key in ("AutoConfig", "AutoModel")}
     return {
@@ -998,7 +998,7 @@ def export_timm(
     from timm.models import save_for_hf
     from transformers.utils import logging as transformers_logging
 
-    from .modeling_di3cl import DI3CLModel
+    from ..modeling_di3cl import DI3CLModel
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = _model_config(model_dir)

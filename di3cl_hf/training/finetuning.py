@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .atomic import atomic_path, write_text
-from .memory import reuse_large_allocations
-from .metrics import SegmentationMetrics, format_table, hungarian_scores, save_json
+from ..atomic import atomic_path, write_text
+from ..memory import reuse_large_allocations
+from ..training.metrics import SegmentationMetrics, format_table, hungarian_scores, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class FinetuneArguments:
 
 def parse_args(argv: Sequence[str] | None = None) -> FinetuneArguments:
     """Parse ``argv`` (default ``sys.argv[1:]``) into :class:`FinetuneArguments`; a single ``.json`` file works too."""
-    from .pretraining import parse_dataclass_args
+    from ..training.pretraining import parse_dataclass_args
 
     return parse_dataclass_args(FinetuneArguments, None if argv is None else list(argv))
 
@@ -261,7 +261,7 @@ def load_task_splits(args: FinetuneArguments) -> tuple[Any, Any, Any, list[str]]
     the optional periodic validation, never to select a model) and vice versa; a set with only a
     train split raises (evaluating on training samples would be meaningless).
     """
-    from .data import class_names, label_fraction_subset, load_segmentation
+    from ..data.sarsense import class_names, label_fraction_subset, load_segmentation
 
     splits = load_segmentation(args.data_dir, task=args.task, class_names=args.class_names)
     if "train" not in splits:
@@ -296,7 +296,7 @@ def load_imagenet_weights(model: nn.Module, weights_file: str | os.PathLike) -> 
     Raises:
         ValueError: no such file, or it does not match the encoder (no key in common, shape mismatch).
     """
-    from .pretraining import load_backbone_weights_into
+    from ..training.pretraining import load_backbone_weights_into
 
     return load_backbone_weights_into(find_timm_encoder(model), weights_file, model.config.backbone)
 
@@ -324,9 +324,9 @@ class LinearProbeHead(nn.Module):
 
 def build_model(args: FinetuneArguments, class_names: Sequence[str]) -> tuple[nn.Module, Any]:
     """Segmentation model and image processor for ``args.init`` (encoder weights loaded, heads new)."""
-    from .configuration_di3cl import DI3CLConfig
-    from .image_processing_di3cl import DI3CLImageProcessor
-    from .modeling_di3cl import DI3CLForSemanticSegmentation
+    from ..configuration_di3cl import DI3CLConfig
+    from ..image_processing_di3cl import DI3CLImageProcessor
+    from ..modeling_di3cl import DI3CLForSemanticSegmentation
 
     id2label = dict(enumerate(class_names))
     label2id = {name: index for index, name in id2label.items()}
@@ -716,7 +716,7 @@ def _scalar_scores(scores: Mapping[str, Any], prefix: str) -> dict[str, float]:
 def write_model_card(args: FinetuneArguments, results: Mapping[str, Any], output_dir: Path) -> Path:
     """Write ``evaluation.json`` (test scores, task, dataset) and the model card ``README.md`` of a
     saved run with :func:`di3cl_hf.hub.build_model_card`."""
-    from .hub import build_model_card
+    from ..hub.push import build_model_card
 
     synthetic = "synthetic" in str(args.data_dir).lower()
     dataset = Path(args.data_dir).name + (
@@ -759,7 +759,7 @@ def dense_features(encoder: nn.Module, pixel_values: torch.Tensor, stage: str = 
         pixel_values: normalised input.
         stage: ``"stem"``, ``"stage1"`` ... ``"stage4"`` (strides 2 ... 32).
     """
-    from .configuration_di3cl import STAGE_NAMES
+    from ..configuration_di3cl import STAGE_NAMES
 
     if stage not in STAGE_NAMES:
         raise ValueError(f"dense_features: stage={stage!r}, expected one of {STAGE_NAMES}")
@@ -936,9 +936,9 @@ def _grid_finetune_arguments(
 
 
 def _kmeans_encoder(grid: EvaluationGridArguments, init: str) -> tuple[nn.Module, Any]:
-    from .configuration_di3cl import DI3CLConfig
-    from .image_processing_di3cl import DI3CLImageProcessor
-    from .modeling_di3cl import DI3CLModel
+    from ..configuration_di3cl import DI3CLConfig
+    from ..image_processing_di3cl import DI3CLImageProcessor
+    from ..modeling_di3cl import DI3CLModel
 
     if init == "di3cl":
         encoder = DI3CLModel.from_pretrained(grid.pretrained_model, dtype=torch.float32)
@@ -1194,7 +1194,7 @@ def plot_label_efficiency(
 
 def parse_grid_args(argv: Sequence[str] | None = None) -> EvaluationGridArguments:
     """Parse ``argv`` (default ``sys.argv[1:]``) into :class:`EvaluationGridArguments`; a single ``.json`` file works too."""
-    from .pretraining import parse_dataclass_args
+    from ..training.pretraining import parse_dataclass_args
 
     return parse_dataclass_args(EvaluationGridArguments, None if argv is None else list(argv))
 

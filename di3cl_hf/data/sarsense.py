@@ -42,8 +42,8 @@ from datasets import ClassLabel, Features, List, Value
 from datasets.builder import Key
 from datasets.exceptions import DatasetGenerationError
 
-from .sario import SARFileError, list_sar_files, open_scene, read_sar
-from .synthetic import LANDCOVER_CLASSES
+from ..data.sario import SARFileError, list_sar_files, open_scene, read_sar
+from ..data.synthetic import LANDCOVER_CLASSES
 
 logger = logging.getLogger(__name__)
 
@@ -1117,7 +1117,7 @@ Streaming: `load_dataset(..., streaming=True)`, then `datasets.distributed.split
 
 # -- CLI -----------------------------------------------------------------------------------------------
 def _make_synthetic(args: argparse.Namespace) -> int:
-    from .synthetic import generate_sarsense, generate_scene, generate_segmentation_sets
+    from ..data.synthetic import generate_sarsense, generate_scene, generate_segmentation_sets
 
     out = Path(args.output_dir)
     if args.kind in ("sarsense", "all"):

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from .augmentation import GEOMETRY_FIELDS, ViewGeometry, geometries_to_tensor
+from ..training.augmentation import GEOMETRY_FIELDS, ViewGeometry, geometries_to_tensor
 
 _FIELDS = operator.attrgetter(*GEOMETRY_FIELDS)
 # The geometry fields in (x, y) order: left, top, width, height, output_width, output_height, hflip, vflip, rot90.

@@ -38,7 +38,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from .atomic import temporary_path
+from ..atomic import temporary_path
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".gtif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

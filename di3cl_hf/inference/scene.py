@@ -50,9 +50,9 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path, write_text
-from .memory import reuse_large_allocations
-from .sario import create_geotiff, open_scene, read_sar
+from ..atomic import atomic_path, write_text
+from ..data.sario import create_geotiff, open_scene, read_sar
+from ..memory import reuse_large_allocations
 
 OUTPUT_TYPES = ("classes", "probabilities")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -197,7 +197,7 @@ class ScenePreprocessor:
         valid = np.concatenate([s.valid_mask.reshape(1, -1) for s in samples], axis=1)
         kind = getattr(processor, "input_kind", "auto")
         if kind == "auto":
-            from .radiometry import resolve_kind
+            from ..radiometry import resolve_kind
 
             kind = resolve_kind(arrays, "auto", valid)
         self.input_kind = kind
@@ -209,7 +209,7 @@ class ScenePreprocessor:
         """Per-channel float32 ``(low, high, high - low, mean, std)`` ``[C, 1, 1]`` for the numpy
         twin of ``DI3CLImageProcessor.db_to_pixel_values`` (the same float32 operations in the same
         order, so the same values), or ``None`` for another processor (its own method is used)."""
-        from .image_processing_di3cl import DI3CLImageProcessor
+        from ..image_processing_di3cl import DI3CLImageProcessor
 
         if getattr(type(processor), "db_to_pixel_values", None) is not DI3CLImageProcessor.db_to_pixel_values:
             return None
@@ -460,7 +460,7 @@ def predict_scene(
     device = torch.device(device) if device is not None else _default_device()
     autocast_dtype = resolve_autocast_dtype(precision, device)
     if processor is None:
-        from .image_processing_di3cl import DI3CLImageProcessor
+        from ..image_processing_di3cl import DI3CLImageProcessor
 
         processor = DI3CLImageProcessor(num_channels=_model_channels(model, None))
     channels = _model_channels(model, processor)
@@ -880,7 +880,7 @@ def load_pretrained(
     """
     from transformers import AutoModel, AutoModelForSemanticSegmentation
 
-    from .image_processing_di3cl import DI3CLImageProcessor
+    from ..image_processing_di3cl import DI3CLImageProcessor
 
     if task not in ("segmentation", "features"):
         raise ValueError(f"task must be 'segmentation' or 'features', got {task!r}")
@@ -941,7 +941,7 @@ SAR input:
 
 
 def _add_sar_arguments(parser: argparse.ArgumentParser) -> None:
-    from .radiometry import RADIOMETRY_KINDS
+    from ..radiometry import RADIOMETRY_KINDS
 
     group = parser.add_argument_group("SAR input options (see below)")
     group.add_argument(
@@ -1007,7 +1007,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    from .sario import list_sar_files
+    from ..data.sario import list_sar_files
 
     files: list[Path] = []
     for item in inputs:

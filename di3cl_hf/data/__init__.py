@@ -1,0 +1,41 @@
+"""SAR data: raster I/O, the SARSense and segmentation 🤗 datasets builders, Parquet export, synthetic data."""
+
+from .sarsense import (
+    SARDecoder,
+    SARSegmentation,
+    SARSense,
+    SegmentationTask,
+    class_names,
+    decode_batch,
+    decode_example,
+    export_parquet,
+    find_segmentation_splits,
+    label_fraction_subset,
+    load_sarsense,
+    load_segmentation,
+    mask_to_label,
+    match_pairs,
+    skipped_files,
+    train_validation_split,
+    with_decoding,
+)
+
+__all__ = [
+    "SARDecoder",
+    "SARSegmentation",
+    "SARSense",
+    "SegmentationTask",
+    "class_names",
+    "decode_batch",
+    "decode_example",
+    "export_parquet",
+    "find_segmentation_splits",
+    "label_fraction_subset",
+    "load_sarsense",
+    "load_segmentation",
+    "mask_to_label",
+    "match_pairs",
+    "skipped_files",
+    "train_validation_split",
+    "with_decoding",
+]

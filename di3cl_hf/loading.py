@@ -1,0 +1,120 @@
+"""Loading a DI3CL model with its image processor, and finding the timm encoder inside any DI3CL model.
+
+One implementation each, used by scene inference, fine-tuning, evaluation, the Hub export and the Space:
+
+- :func:`load_model_and_processor`: a folder written by ``save_pretrained`` or a Hub id, through the Auto
+  classes of the requested task, with the saved ``DI3CLImageProcessor`` or, for folders without one, the
+  default processor for the model's channels (with a warning).
+- :func:`find_encoder`: the timm ResNet feature extractor (``model.base_model.encoder``; for the
+  pre-training model, the query encoder ``model.di3cl.encoder``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import constants as hub_constants
+from torch import nn
+from transformers import (
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForSemanticSegmentation,
+)
+
+from .image_processing_di3cl import DI3CLImageProcessor
+
+AUTO_CLASSES: dict[str, Any] = {
+    "segmentation": AutoModelForSemanticSegmentation,
+    "features": AutoModel,
+    "pretraining": AutoModelForPreTraining,
+}
+"""Task name -> transformers Auto class. ``"features"`` loads the encoder from any DI3CL folder."""
+
+
+def _offline() -> bool:
+    return bool(hub_constants.HF_HUB_OFFLINE)
+
+
+def load_model_and_processor(
+    model_ref: str | Path,
+    task: str = "segmentation",
+    processor_overrides: dict[str, Any] | None = None,
+    local_files_only: bool = False,
+    **model_kwargs: Any,
+) -> tuple[nn.Module, DI3CLImageProcessor]:
+    """Load a DI3CL model and its image processor from a local folder or a Hub id.
+
+    A Hub id is resolved online unless ``HF_HUB_OFFLINE`` is set or ``local_files_only``; when the Hub
+    cannot be reached, the local Hugging Face cache is used. Folders without a
+    ``preprocessor_config.json`` get the default ``DI3CLImageProcessor`` for the model's channels.
+
+    Args:
+        model_ref: Folder written by ``save_pretrained`` or Hub id ``org/name``.
+        task: A key of :data:`AUTO_CLASSES` (``"segmentation"``, ``"features"``, ``"pretraining"``, ...).
+        processor_overrides: Processor settings to override (``input_kind``, ``db_range``,
+            ``nodata_value``, ...); ``None`` values are ignored.
+        local_files_only: Never contact the Hub.
+        **model_kwargs: Passed to ``from_pretrained`` of the model (e.g. ``num_labels``, ``id2label``).
+
+    Returns:
+        ``(model, processor)``, the model in fp32 and eval mode.
+
+    Raises:
+        FileNotFoundError: Neither a folder nor a repository found online or in the cache.
+        ValueError: Unknown ``task``.
+    """
+    if task not in AUTO_CLASSES:
+        raise ValueError(f"task must be one of {sorted(AUTO_CLASSES)}, got {task!r}")
+    auto_class = AUTO_CLASSES[task]
+    model_ref = str(model_ref)
+    overrides = {k: v for k, v in (processor_overrides or {}).items() if v is not None}
+    is_local = Path(model_ref).exists()
+    if is_local and not Path(model_ref, "config.json").is_file():
+        raise FileNotFoundError(f"{model_ref}: no config.json; expected a folder written by save_pretrained")
+    offline = is_local or local_files_only or _offline()
+
+    def load(cls: Any, local_only: bool, **kwargs: Any) -> Any:
+        return cls.from_pretrained(model_ref, local_files_only=local_only, **kwargs)
+
+    model_kwargs.setdefault("dtype", torch.float32)
+    try:
+        try:
+            model = load(auto_class, offline, **model_kwargs)
+        except OSError:
+            if offline:
+                raise
+            warnings.warn(f"{model_ref}: Hub not reachable, using the local cache", stacklevel=2)
+            offline = True
+            model = load(auto_class, True, **model_kwargs)
+    except OSError as error:
+        where = "folder" if is_local else "Hub repository (online or in the local Hugging Face cache)"
+        raise FileNotFoundError(f"{model_ref}: cannot load a DI3CL model from this {where}: {error}") from error
+    try:
+        processor = load(DI3CLImageProcessor, offline, **overrides)
+    except OSError:
+        warnings.warn(
+            f"{model_ref}: no preprocessor_config.json; using the default DI3CLImageProcessor "
+            f"(num_channels={model.config.num_channels}, dB range -30..5, auto radiometry)",
+            stacklevel=2,
+        )
+        processor = DI3CLImageProcessor(num_channels=model.config.num_channels, **overrides)
+    return model.eval(), processor
+
+
+def find_encoder(model: nn.Module) -> nn.Module:
+    """The timm ResNet feature extractor inside a DI3CL model (timm parameter names, ``feature_info``).
+
+    ``DI3CLModel`` / ``DI3CLBackbone`` / task heads keep it at ``base_model.encoder``; the pre-training
+    model's query encoder is ``di3cl.encoder``.
+    """
+    for owner in (getattr(model, "base_model", model), getattr(model, "di3cl", None), model):
+        encoder = getattr(owner, "encoder", None) if owner is not None else None
+        if encoder is not None and hasattr(encoder, "feature_info"):
+            return encoder
+    raise ValueError(f"{type(model).__name__}: no timm encoder at base_model.encoder or di3cl.encoder")
+
+
+__all__ = ["AUTO_CLASSES", "find_encoder", "load_model_and_processor"]
