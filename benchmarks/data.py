@@ -25,8 +25,9 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from di3cl_hf.data.parquet import export_parquet, with_decoding
 from di3cl_hf.data.sario import list_sar_files, read_sar
-from di3cl_hf.data.sarsense import export_parquet, load_sarsense, with_decoding
+from di3cl_hf.data.sarsense import load_sarsense
 from di3cl_hf.data.synthetic import generate_sarsense
 
 

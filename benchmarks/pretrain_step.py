@@ -41,12 +41,9 @@ from di3cl_hf.configuration_di3cl import DI3CLConfig
 from di3cl_hf.data.synthetic import synthetic_patch
 from di3cl_hf.memory import reuse_large_allocations
 from di3cl_hf.modeling_di3cl import DI3CLForPreTraining
-from di3cl_hf.training.pretraining import (
-    PretrainingArguments,
-    build_optimizer,
-    build_transform_and_collator,
-    resolve_mixed_precision,
-)
+from di3cl_hf.runtime import accelerate_mixed_precision, resolve_precision
+from di3cl_hf.training.pretraining import PretrainingArguments, build_optimizer
+from di3cl_hf.training.pretraining_data import build_transform_and_collator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from boxes import reference_box_pairs  # noqa: E402  (the sibling benchmark's Python loop)
@@ -179,7 +176,7 @@ def main() -> None:
         backbone=args.backbone, image_size=args.image_size
     )  # release sizes: K 65536, 2048 hidden
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = resolve_mixed_precision("auto", device)
+    precision = resolve_precision("auto", device)
     run_args = PretrainingArguments(backbone=args.backbone, image_size=args.image_size)
     _, transform, collator = build_transform_and_collator(run_args, config)
     images = [
@@ -197,7 +194,7 @@ def main() -> None:
         )
 
     # Ours.
-    accelerator = Accelerator(mixed_precision=precision)
+    accelerator = Accelerator(mixed_precision=accelerate_mixed_precision(precision))
     ours = DI3CLForPreTraining(config).to(memory_format=torch.channels_last).train()
     ours_optimizer = build_optimizer(ours, run_args, 0.03 * args.batch_size / 256)
     ours, ours_optimizer = accelerator.prepare(ours, ours_optimizer)

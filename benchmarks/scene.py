@@ -95,7 +95,7 @@ def child_predict(args: argparse.Namespace) -> dict:
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = predict_scene(
         model, args.scene, args.output, DI3CLImageProcessor(num_channels=2), tile_size=args.tile_size,
-        overlap=args.overlap, batch_size=args.batch_size, progress=False,
+        overlap=args.overlap, batch_size=args.batch_size, progress=False, overwrite=True,
     )  # fmt: skip
     return {
         "size": result.height,
@@ -116,10 +116,12 @@ def child_reference(args: argparse.Namespace) -> dict:
 
     from di3cl_hf.data.sario import open_scene
     from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
-    from di3cl_hf.inference.scene import ScenePreprocessor, _logits_of, resolve_autocast_dtype, tile_starts
+    from di3cl_hf.inference.scene import ScenePreprocessor, _logits_of, tile_starts
+    from di3cl_hf.runtime import autocast_dtype as precision_dtype
+    from di3cl_hf.runtime import resolve_precision
 
     model = _model(args.num_labels, args.decoder_width).to(memory_format=torch.channels_last)
-    autocast_dtype = resolve_autocast_dtype("auto", torch.device("cpu"))
+    autocast_dtype = precision_dtype(resolve_precision("auto", torch.device("cpu")))
     with open_scene(args.scene) as scene:
         preprocess = ScenePreprocessor(DI3CLImageProcessor(num_channels=2), scene)
         rows = tile_starts(scene.height, args.tile_size, args.overlap)

@@ -35,8 +35,10 @@ class DI3CLConfig(BackboneConfigMixin, PreTrainedConfig):
         projection_hidden_dim (`int`, *optional*, defaults to 2048):
             Hidden size of the projectors and of the instance predictor.
         queue_size (`int`, *optional*, defaults to 65536):
-            Number of negative keys in each of the two queues (global and contour). The release requires it to be a
-            multiple of the global batch size; here any batch size up to `queue_size` works (the write wraps around).
+            Number of negative keys in each of the two queues (global and contour). It must be a multiple of the
+            keys enqueued per forward (`per_device_batch_size x processes`), as in the release: every key then stays
+            exactly `queue_size / global_batch` forwards and each write is one contiguous block. The pre-training
+            loop checks this before it starts (`di3cl_hf.training.pretraining.check_queue_and_batch`).
         momentum (`float`, *optional*, defaults to 0.999):
             Momentum of the key-side exponential moving average: `key = momentum * key + (1 - momentum) * query`.
         temperature (`float`, *optional*, defaults to 0.2):

@@ -4,7 +4,7 @@
    sets (land cover, water, roads) as georeferenced GeoTIFFs;
 2. pre-train DI3CL briefly with Accelerate (:mod:`di3cl_hf.pretraining`);
 3. fine-tune the three task heads with 10 % of the labels from the DI3CL encoder and from random
-   initialisation, and score both on the test splits (:func:`di3cl_hf.finetuning.run_evaluation_grid`);
+   initialisation, and score both on the test splits (:func:`di3cl_hf.training.evaluation.run_evaluation_grid`);
 4. save every model with ``save_pretrained`` (+ processor + model card);
 5. predict a whole synthetic scene, tile by tile, into a georeferenced GeoTIFF;
 6. print the results table, where everything is, and how to open the Space on these models.
@@ -78,7 +78,7 @@ def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 
     from .image_processing_di3cl import DI3CLImageProcessor
     from .inference.scene import predict_scene
     from .modeling_di3cl import DI3CLForSemanticSegmentation
-    from .training.finetuning import EvaluationGridArguments, comparison_table, run_evaluation_grid
+    from .training.evaluation import EvaluationGridArguments, comparison_table, run_evaluation_grid
     from .training.pretraining import PretrainingArguments
     from .training.pretraining import main as pretrain
 

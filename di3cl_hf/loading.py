@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoModel,
@@ -34,8 +36,54 @@ AUTO_CLASSES: dict[str, Any] = {
 """Task name -> transformers Auto class. ``"features"`` loads the encoder from any DI3CL folder."""
 
 
+class CorruptWeightsError(ValueError):
+    """A weights file (``model.safetensors``) that cannot be read: truncated, overwritten or not safetensors."""
+
+
+class ChannelMismatchError(ValueError):
+    """The image processor prepares another number of channels than the model takes."""
+
+
 def _offline() -> bool:
     return bool(hub_constants.HF_HUB_OFFLINE)
+
+
+def _weights_files(model_ref: str) -> list[str]:
+    """The safetensors files of a local folder (or of a Hub id in the local cache), for error messages."""
+    folder = Path(model_ref)
+    if folder.is_dir():
+        return [str(path) for path in sorted(folder.glob("*.safetensors"))]
+    try:
+        cached = try_to_load_from_cache(model_ref, "model.safetensors")
+    except ValueError:  # not a valid repository id
+        return []
+    return [str(cached)] if isinstance(cached, str) else []
+
+
+def _corrupt_weights(model_ref: str, error: Exception) -> CorruptWeightsError:
+    files = _weights_files(model_ref) or [f"the weights of {model_ref}"]
+    return CorruptWeightsError(
+        f"{', '.join(files)}: cannot read the model weights, the file is corrupt or incomplete ({error}). "
+        "Download or save the model again"
+    )
+
+
+def check_channels(model: nn.Module, processor: Any, where: str | None = None) -> None:
+    """Raise :class:`ChannelMismatchError` unless the processor prepares the channels the model takes.
+
+    Found here, when a model is loaded or handed to inference, instead of as a shape error inside the
+    first convolution. Models or processors that do not state their channels are not checked.
+    """
+    model_channels = getattr(getattr(model, "config", None), "num_channels", None)
+    processor_channels = getattr(processor, "num_channels", None)
+    if model_channels is None or processor_channels is None or int(model_channels) == int(processor_channels):
+        return
+    prefix = f"{where}: " if where else ""
+    raise ChannelMismatchError(
+        f"{prefix}the image processor prepares {processor_channels} channel(s) but the model takes "
+        f"{model_channels} (config.json num_channels); make num_channels in preprocessor_config.json "
+        "match the model, or pass a processor built for it"
+    )
 
 
 def load_model_and_processor(
@@ -65,6 +113,8 @@ def load_model_and_processor(
     Raises:
         FileNotFoundError: Neither a folder nor a repository found online or in the cache.
         ValueError: Unknown ``task``.
+        CorruptWeightsError: The weights file is corrupt or incomplete (a ``ValueError`` naming the file).
+        ChannelMismatchError: The processor's ``num_channels`` is not the model's (a ``ValueError``).
     """
     if task not in AUTO_CLASSES:
         raise ValueError(f"task must be one of {sorted(AUTO_CLASSES)}, got {task!r}")
@@ -89,9 +139,13 @@ def load_model_and_processor(
             warnings.warn(f"{model_ref}: Hub not reachable, using the local cache", stacklevel=2)
             offline = True
             model = load(auto_class, True, **model_kwargs)
+    except SafetensorError as error:
+        raise _corrupt_weights(model_ref, error) from error
     except OSError as error:
         where = "folder" if is_local else "Hub repository (online or in the local Hugging Face cache)"
-        raise FileNotFoundError(f"{model_ref}: cannot load a DI3CL model from this {where}: {error}") from error
+        raise FileNotFoundError(
+            f"{model_ref}: cannot load a DI3CL model from this {where}: {error}"
+        ) from error
     try:
         processor = load(DI3CLImageProcessor, offline, **overrides)
     except OSError:
@@ -101,6 +155,7 @@ def load_model_and_processor(
             stacklevel=2,
         )
         processor = DI3CLImageProcessor(num_channels=model.config.num_channels, **overrides)
+    check_channels(model, processor, model_ref)
     return model.eval(), processor
 
 
@@ -117,4 +172,11 @@ def find_encoder(model: nn.Module) -> nn.Module:
     raise ValueError(f"{type(model).__name__}: no timm encoder at base_model.encoder or di3cl.encoder")
 
 
-__all__ = ["AUTO_CLASSES", "find_encoder", "load_model_and_processor"]
+__all__ = [
+    "AUTO_CLASSES",
+    "ChannelMismatchError",
+    "CorruptWeightsError",
+    "check_channels",
+    "find_encoder",
+    "load_model_and_processor",
+]

@@ -8,6 +8,7 @@ other only with single-dot relative imports.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -340,6 +341,54 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
         for module in model._momentum_modules():
             module.requires_grad_(False)
         return result
+
+    # ---- key encoder and queues: the only place outside `forward` that touches them (trainers call these) ----
+
+    @torch.no_grad()
+    def copy_query_encoder_to_key(self) -> None:
+        """Re-initialise the key encoder as a copy of the query encoder (e.g. after loading ImageNet weights)."""
+        self.momentum_encoder.load_state_dict(self.di3cl.encoder.state_dict())
+
+    def export_encoder(self) -> DI3CLModel:
+        """A standalone [`DI3CLModel`] holding the query encoder's weights (float32, on CPU, contiguous, eval)."""
+        encoder = DI3CLModel(self.config)
+        state = {
+            key: value.detach().to("cpu", torch.float32) if value.is_floating_point() else value.cpu()
+            for key, value in self.di3cl.state_dict().items()
+        }
+        encoder.load_state_dict(state, strict=True)
+        return encoder.to(memory_format=torch.contiguous_format).eval()
+
+    def queue_snapshot(self, num_keys: int) -> dict[str, torch.Tensor]:
+        """Remember the queue columns the next forward (enqueuing `num_keys` keys) will overwrite, and the pointer,
+        so that [`~DI3CLForPreTraining.restore_queues`] can undo that forward's enqueue (a skipped step)."""
+        queue_size = self.global_queue.shape[1]
+        columns = (torch.arange(num_keys, device=self.queue_ptr.device) + self.queue_ptr) % queue_size
+        return {
+            "queue_ptr": self.queue_ptr.clone(),
+            "columns": columns,
+            "global_queue": self.global_queue.index_select(1, columns).clone(),
+            "contour_queue": self.contour_queue.index_select(1, columns).clone(),
+        }
+
+    @torch.no_grad()
+    def restore_queues(self, snapshot: dict[str, torch.Tensor]) -> None:
+        """Put back the queue columns and pointer saved by [`~DI3CLForPreTraining.queue_snapshot`]."""
+        for name in ("global_queue", "contour_queue"):
+            getattr(self, name).index_copy_(1, snapshot["columns"], snapshot[name])
+        self.queue_ptr.copy_(snapshot["queue_ptr"])
+
+    def queue_digest(self) -> str:
+        """SHA-256 digests of both queues and the pointer: equal strings mean bit-identical queue states (the
+        trainer compares them across processes)."""
+
+        def digest(tensor: torch.Tensor) -> str:
+            array = tensor.detach().to("cpu").contiguous()
+            return hashlib.sha256(
+                array.view(torch.uint8).numpy().tobytes() if array.numel() else b""
+            ).hexdigest()
+
+        return f"{digest(self.global_queue)}{digest(self.contour_queue)}@{int(self.queue_ptr)}"
 
     def _query_modules(self) -> list[nn.Module]:
         return [self.di3cl.encoder, self.global_projector, self.contour_projector, self.instance_projector]

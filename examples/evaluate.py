@@ -1,6 +1,6 @@
 """The evaluation grid: initialisation x label fraction x task, one comparison table and label-efficiency curves.
 
-Every argument is a field of :class:`di3cl_hf.training.finetuning.EvaluationGridArguments` (``--help`` lists them).
+Every argument is a field of :class:`di3cl_hf.training.evaluation.EvaluationGridArguments` (``--help`` lists them).
 Writes ``evaluation.json``, ``evaluation.md`` and ``label_efficiency.png`` under ``--output_dir`` and prints the
 comparison table. Example (the command behind ``results/evaluation.md``)::
 
@@ -10,7 +10,7 @@ comparison table. Example (the command behind ``results/evaluation.md``)::
 
 import sys
 
-from di3cl_hf.training.finetuning import comparison_table, parse_grid_args, run_evaluation_grid
+from di3cl_hf.training.evaluation import comparison_table, parse_grid_args, run_evaluation_grid
 
 
 def main() -> int:

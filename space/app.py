@@ -53,9 +53,10 @@ from PIL import Image  # noqa: E402
 from rasterio.errors import RasterioError  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
-from di3cl_hf import DI3CLForSemanticSegmentation, DI3CLImageProcessor, DI3CLModel  # noqa: E402
+from di3cl_hf import DI3CLForSemanticSegmentation, DI3CLImageProcessor  # noqa: E402
 from di3cl_hf.data.sario import SARFileError, open_scene, read_sar, write_geotiff  # noqa: E402
 from di3cl_hf.inference.scene import predict_scene  # noqa: E402
+from di3cl_hf.loading import load_model_and_processor  # noqa: E402
 from di3cl_hf.radiometry import RADIOMETRY_KINDS  # noqa: E402
 
 LOGGER = logging.getLogger("di3cl.space")
@@ -124,16 +125,12 @@ def _missing_model(task: str) -> SpaceInputError:
 
 @functools.lru_cache(maxsize=4)
 def load_task_model(task: str) -> tuple[DI3CLForSemanticSegmentation, DI3CLImageProcessor]:
-    """The segmentation model and processor of ``task`` (cached)."""
+    """The segmentation model and processor of ``task`` (cached; the default processor for the model's
+    channels when the folder has no preprocessor_config.json)."""
     location = model_location(task)
     if location is None:
         raise _missing_model(task)
-    model = DI3CLForSemanticSegmentation.from_pretrained(location, dtype=torch.float32).eval()
-    try:
-        processor = DI3CLImageProcessor.from_pretrained(location)
-    except OSError:  # a model folder without preprocessor_config.json: the defaults for its channels
-        processor = DI3CLImageProcessor(num_channels=model.config.num_channels)
-    return model, processor
+    return load_model_and_processor(location, "segmentation")
 
 
 @functools.lru_cache(maxsize=1)
@@ -141,12 +138,7 @@ def load_encoder() -> tuple[torch.nn.Module, DI3CLImageProcessor]:
     """The encoder for the feature view: ``DI3CL_MODEL_ENCODER`` or the first task model's encoder."""
     location = os.environ.get("DI3CL_MODEL_ENCODER")
     if location:
-        encoder = DI3CLModel.from_pretrained(location, dtype=torch.float32).eval()
-        try:
-            processor = DI3CLImageProcessor.from_pretrained(location)
-        except OSError:
-            processor = DI3CLImageProcessor(num_channels=encoder.config.num_channels)
-        return encoder, processor
+        return load_model_and_processor(location, "features")
     for task in MODEL_TASKS:
         if model_location(task) is not None:
             model, processor = load_task_model(task)

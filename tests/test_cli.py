@@ -17,9 +17,10 @@ import torch
 from rasterio.transform import from_origin
 
 from di3cl_hf import DI3CLConfig, DI3CLForSemanticSegmentation
+from di3cl_hf.cli.predict import register
 from di3cl_hf.data.sario import write_geotiff
 from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
-from di3cl_hf.inference.scene import OUTPUT_NODATA, register_cli
+from di3cl_hf.inference.scene import OUTPUT_NODATA
 
 CRS = "EPSG:32631"
 TRANSFORM = from_origin(600000.0, 5000000.0, 20.0, 20.0)
@@ -27,9 +28,9 @@ SCRIPT = Path(sys.executable).with_name("di3cl")
 
 
 def run(argv: list[str]) -> int:
-    """``di3cl <argv>`` through the parser ``inference.register_cli`` builds (the real command code path)."""
+    """``di3cl <argv>`` through the parser ``cli.predict.register`` builds (the real command code path)."""
     parser = argparse.ArgumentParser(prog="di3cl")
-    register_cli(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -179,3 +180,175 @@ def test_console_script_predicts_with_a_hub_id_from_the_offline_cache(
     )  # fmt: skip
     assert missing.returncode == 1 and "sar-lab/not-cached" in missing.stderr
     assert not (tmp_path / "none.tif").exists()
+
+
+# ------------------------------------------------------------------ outputs, arguments, signals (issue 16)
+
+
+def _predict_argv(model: Path | str, scene: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "predict",
+        str(model),
+        str(scene),
+        str(out),
+        "--tile-size",
+        "96",
+        "--overlap",
+        "16",
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_predict_never_writes_over_its_input(model_dir: Path, scene: Path, tmp_path: Path) -> None:
+    """`di3cl predict MODEL x.tif x.tif` (also through a symlink or a hard link) is refused, --overwrite
+    or not, and the input is left as it was."""
+    source = tmp_path / "x.tif"
+    shutil.copy(scene, source)
+    before = source.read_bytes()
+    symlink, hardlink = tmp_path / "link.tif", tmp_path / "hard.tif"
+    symlink.symlink_to(source)
+    os.link(source, hardlink)
+    for target in (source, tmp_path / "." / "x.tif", symlink, hardlink):
+        for extra in ((), ("--overwrite",)):
+            with pytest.raises(ValueError, match="same file"):
+                run(_predict_argv(model_dir, source, target, *extra))
+    with pytest.raises(ValueError, match="same file"):  # the input given through the link
+        run(_predict_argv(model_dir, symlink, source, "--overwrite"))
+    assert source.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "hard.tif", "link.tif", "x.tif"
+    ]  # fmt: skip
+
+
+def test_predict_checks_the_output_before_loading_the_model(scene: Path, tmp_path: Path) -> None:
+    """Bad outputs are refused up front: the model (here one that does not exist) is never loaded."""
+    missing_model = "no-such-org/no-such-model"
+    existing = tmp_path / "old.tif"
+    existing.write_bytes(b"previous result")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run(_predict_argv(missing_model, scene, existing, "--local-files-only"))
+    assert existing.read_bytes() == b"previous result"
+    with pytest.raises(ValueError, match="is a directory"):
+        run(_predict_argv(missing_model, scene, tmp_path, "--local-files-only"))
+    with pytest.raises(ValueError, match="does not exist"):
+        run(_predict_argv(missing_model, scene, tmp_path / "no-folder" / "x.tif", "--local-files-only"))
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o555)
+    if not os.access(read_only, os.W_OK):  # (root can write anywhere)
+        with pytest.raises(ValueError, match="not writable"):
+            run(_predict_argv(missing_model, scene, read_only / "x.tif", "--local-files-only"))
+    # with --overwrite the output check passes and the (missing) model is what fails
+    with pytest.raises(FileNotFoundError, match=missing_model):
+        run(_predict_argv(missing_model, scene, existing, "--local-files-only", "--overwrite"))
+
+
+def test_predict_overwrite_replaces_an_existing_output(model_dir: Path, scene: Path, tmp_path: Path) -> None:
+    out = tmp_path / "water.tif"
+    out.write_bytes(b"previous result")
+    assert run(_predict_argv(model_dir, scene, out, "--overwrite")) == 0
+    with rasterio.open(out) as dst:
+        assert dst.crs.to_string() == CRS
+
+
+def test_embed_never_writes_over_its_input_nor_an_existing_output(model_dir: Path, tmp_path: Path) -> None:
+    patch = tmp_path / "a.npy"
+    np.save(patch, np.random.default_rng(0).normal(-12, 3, (2, 64, 64)).astype(np.float32))
+    before = patch.read_bytes()
+    for extra in ((), ("--overwrite",)):
+        with pytest.raises(ValueError, match="same file"):
+            run(["embed", str(model_dir), str(patch), "-o", str(patch), "--quiet", *extra])
+        with pytest.raises(ValueError, match="same file"):  # the input found in a folder
+            run(["embed", str(model_dir), str(tmp_path), "-o", str(patch), "--quiet", *extra])
+    assert patch.read_bytes() == before
+    out = tmp_path / "features.parquet"
+    out.write_bytes(b"previous result")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run(["embed", "no-such-org/no-such-model", str(patch), "-o", str(out), "--local-files-only"])
+    assert out.read_bytes() == b"previous result"
+    assert run(["embed", str(model_dir), str(patch), "-o", str(out), "--quiet", "--overwrite"]) == 0
+    assert out.read_bytes() != b"previous result"
+
+
+@pytest.mark.parametrize(
+    "tile, overlap, message",
+    [("0", "16", "--tile-size"), ("-64", "16", "--tile-size"), ("64", "-1", "--overlap"), ("64", "64", None)],
+)
+def test_predict_tile_size_and_overlap_are_checked(
+    model_dir: Path, scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], tile: str, overlap: str,
+    message: str | None,
+) -> None:  # fmt: skip
+    argv = [
+        "predict",
+        str(model_dir),
+        str(scene),
+        str(tmp_path / "x.tif"),
+        "--tile-size",
+        tile,
+        "--overlap",
+        overlap,
+    ]
+    if message is None:  # parsed, then refused with a sentence (not a numpy broadcast error)
+        with pytest.raises(ValueError, match=r"--overlap \(64\) must be smaller than --tile-size \(64\)"):
+            run(argv)
+    else:
+        with pytest.raises(SystemExit):
+            run(argv)
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_band_count_advice_uses_the_command_line_spelling(model_dir: Path, tmp_path: Path) -> None:
+    from di3cl_hf.cli.predict import command_line_message
+
+    assert command_line_message("x.tif: 4 bands; pass bands=(1, 2) to pick two") == (
+        "x.tif: 4 bands; pass --bands 1 2 to pick two"
+    )
+    assert command_line_message("pick bands=(3,)") == "pick --bands 3"
+    data = np.random.default_rng(0).normal(-12, 3, (3, 64, 64)).astype(np.float32)
+    three = write_geotiff(tmp_path / "three.tif", data, crs=CRS, transform=TRANSFORM)
+    try:
+        run(["predict", str(model_dir), str(three), str(tmp_path / "out.tif"), "--tile-size", "64", "--overlap", "0",
+             "--quiet"])  # fmt: skip
+    except ValueError as error:  # 3 bands for a 2-channel model: the advice must be a flag, not Python
+        assert "bands=(" not in str(error) and "--bands" in str(error), str(error)
+    try:
+        run(["embed", str(model_dir), str(three), "-o", str(tmp_path / "e.npy"), "--quiet"])
+    except ValueError as error:
+        assert "bands=(" not in str(error) and "--bands" in str(error), str(error)
+
+
+def test_sigterm_during_predict_leaves_no_temporary_file(model_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM in the middle of `di3cl predict` removes the hidden .OUT.*.tmp.tif (as Ctrl-C does) and
+    exits with 128 + 15, without a traceback."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.tif"
+    write_geotiff(big, rng.normal(-12, 3, (2, 1536, 768)).astype(np.float32), crs=CRS, transform=TRANSFORM)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "water.tif"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env["HF_HUB_OFFLINE"] = "1"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "di3cl_hf.cli", "predict", str(model_dir), str(big), str(out),
+         "--tile-size", "64", "--overlap", "16", "--batch-size", "1", "--quiet", "--precision", "fp32"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while (
+            not list(out_dir.glob(".water.tif.*")) and process.poll() is None and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+        assert process.poll() is None, "predict finished before it could be stopped: make the scene larger"
+        time.sleep(0.3)  # some tiles into the scene
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "SIGTERM" in stderr and "Traceback" not in stderr
+    assert list(out_dir.iterdir()) == []

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from di3cl_hf import DI3CLForPreTraining, DI3CLModel
+from di3cl_hf.cli.convert import register
 from di3cl_hf.hub.convert import (
     BUFFER_NAMES,
     KEY_PREFIXES,
     CheckpointConversionError,
     config_from_original,
     convert_original_checkpoint,
-    register_cli,
 )
 
 
@@ -54,7 +54,7 @@ def reference(tiny_config):
 
 def run_cli(*argv):
     parser = argparse.ArgumentParser(prog="di3cl")
-    register_cli(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(list(argv))
     return args.func(args)
 

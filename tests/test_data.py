@@ -16,20 +16,18 @@ from affine import Affine
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
-from di3cl_hf.data import sarsense as data
+import di3cl_hf.data as data
+from di3cl_hf.cli import data as data_cli
+from di3cl_hf.data.classes import IGNORE_INDEX
+from di3cl_hf.data.parquet import decode_example, export_parquet, with_decoding
 from di3cl_hf.data.sario import SARFileError, read_sar, write_geotiff
-from di3cl_hf.data.sarsense import (
-    IGNORE_INDEX,
+from di3cl_hf.data.sarsense import SARSense, load_sarsense
+from di3cl_hf.data.segmentation import (
     PairingError,
-    SARSense,
     class_names,
-    decode_example,
-    export_parquet,
     label_fraction_subset,
-    load_sarsense,
     load_segmentation,
     train_validation_split,
-    with_decoding,
 )
 from di3cl_hf.data.synthetic import generate_sarsense, generate_segmentation_sets
 
@@ -188,7 +186,7 @@ def test_corrupt_and_empty_files_are_skipped_counted_or_raise(tmp_path):
     generate_sarsense(tmp_path / "sar", 3, size=16)
     (tmp_path / "sar/patches/empty.tif").write_bytes(b"")
     (tmp_path / "sar/patches/junk.tif").write_bytes(b"II*\x00 not really a tiff")
-    np.save(tmp_path / "sar/patches/four_bands.npy", np.zeros((4, 8, 8), np.float32))
+    np.save(tmp_path / "sar/patches/flat.npy", np.zeros(64, np.float32))  # not an image
     builder = SARSense(data_dir=str(tmp_path / "sar"), cache_dir=str(tmp_path / "cache"))
     with pytest.warns(UserWarning, match=r"skipped 3 unreadable SAR file\(s\): patches/empty\.tif"):
         builder.download_and_prepare()
@@ -197,7 +195,7 @@ def test_corrupt_and_empty_files_are_skipped_counted_or_raise(tmp_path):
     assert {e["path"] for e in builder.skipped_files} == {
         "patches/empty.tif",
         "patches/junk.tif",
-        "patches/four_bands.npy",
+        "patches/flat.npy",
     }
     assert any("expected" in e["reason"] for e in data.skipped_files(builder))
     # the count survives a reload from the cache
@@ -216,7 +214,7 @@ def test_corrupt_and_empty_files_are_skipped_counted_or_raise(tmp_path):
         assert len(list(load_sarsense(tmp_path / "sar", streaming=True, decode=False))) == 3
     streamed = sorted(str(w.message) for w in caught if "skipped unreadable SAR file" in str(w.message))
     assert len(streamed) == 3 and streamed[1].startswith(
-        "skipped unreadable SAR file patches/four_bands.npy: array shape"
+        "skipped unreadable SAR file patches/flat.npy: array shape"
     )
     with pytest.raises(SARFileError, match=r"(empty|junk)\.tif"):
         load_sarsense(tmp_path / "sar", strict=True, cache_dir=tmp_path / "strict")
@@ -370,7 +368,7 @@ def test_decode_example_helpers():
 
 def test_cli_make_synthetic_and_export(tmp_path):
     parser = argparse.ArgumentParser()
-    data.register_cli(parser.add_subparsers(dest="command"))
+    data_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["make-synthetic", str(tmp_path / "syn"), "--kind", "sarsense", "--num-patches", "3", "--size", "16"]
     )

@@ -9,16 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from di3cl_hf.training.finetuning import (
+from di3cl_hf.training.evaluation import (
     EvaluationGridArguments,
-    FinetuneArguments,
-    SegmentationDataset,
-    configure_trainable,
     evaluate_kmeans,
-    finetune,
     grid_markdown,
     mean_scores,
     plot_label_efficiency,
+)
+from di3cl_hf.training.finetuning import (
+    FinetuneArguments,
+    SegmentationDataset,
+    configure_trainable,
+    finetune,
 )
 
 LANDCOVER = ["water", "wetland", "farmland", "forest", "meadow", "road", "village", "city", "ground", "other"]
@@ -61,7 +63,7 @@ def test_two_step_finetune_writes_model_processor_metrics_card_and_checkpoints(f
     output_dir = Path(output_dir)
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "metrics.json", "README.md"):
         assert (output_dir / name).is_file(), name
-    assert [path.name for path in (output_dir / "checkpoints").iterdir()] == ["step-0000002"]  # rotated
+    assert [path.name for path in (output_dir / "checkpoints").iterdir()] == ["checkpoint-2"]  # rotated
     assert list((output_dir / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events"
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert (
@@ -186,7 +188,7 @@ def test_frozen_and_linear_modes_train_only_the_heads(tiny_config):
 
 def test_kmeans_grid_table_and_curves(segmentation_dir, tiny_config, tmp_path):
     from di3cl_hf import DI3CLImageProcessor, DI3CLModel
-    from di3cl_hf.data.sarsense import load_segmentation
+    from di3cl_hf.data.segmentation import load_segmentation
 
     splits = load_segmentation(segmentation_dir, task="landcover")
     torch.manual_seed(0)
@@ -237,14 +239,16 @@ def test_kmeans_grid_table_and_curves(segmentation_dir, tiny_config, tmp_path):
 def test_command_line_parsing_and_help():
     from transformers import HfArgumentParser
 
-    from di3cl_hf.training.finetuning import parse_args, parse_grid_args
+    from di3cl_hf.training.evaluation import parse_grid_args
+    from di3cl_hf.training.finetuning import parse_args
 
     for arguments in (FinetuneArguments, EvaluationGridArguments):
         assert "--label_fraction" in HfArgumentParser(arguments).format_help()
     args = parse_args(
         ["--data_dir", "d", "--output_dir", "o", "--init", "random", "--label_fraction", "0.01"]
     )
-    assert (args.init, args.label_fraction, args.mixed_precision) == ("random", 0.01, "bf16")
+    # issue #13: the default never picks emulated bf16 (auto = bf16 only where it is native)
+    assert (args.init, args.label_fraction, args.mixed_precision) == ("random", 0.01, "auto")
     grid = parse_grid_args(
         ["--data_dir", "d", "--output_dir", "o", "--initialisations", "random", "--seeds", "0", "1"]
     )

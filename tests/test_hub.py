@@ -1,4 +1,5 @@
-"""Tests of di3cl_hf.hub.push: cards, staging, push round trips against a local fake Hub, timm export."""
+"""Tests of di3cl_hf.hub (cards, push, export) and the `di3cl push` / `export-timm` commands: cards, staging,
+push round trips against a local fake Hub, timm export."""
 
 from __future__ import annotations
 
@@ -17,17 +18,9 @@ from hub_server import FakeHub
 from huggingface_hub import DatasetCard, ModelCard
 
 from di3cl_hf import DI3CLConfig, DI3CLForSemanticSegmentation, DI3CLImageProcessor, DI3CLModel
-from di3cl_hf.hub.push import (
-    CITATION,
-    PAPER_TITLE,
-    build_dataset_card,
-    build_model_card,
-    evaluation_results,
-    export_timm,
-    remote_code_files,
-    stage_model,
-    stage_space,
-)
+from di3cl_hf.hub.cards import CITATION, PAPER_TITLE, build_dataset_card, build_model_card, evaluation_results
+from di3cl_hf.hub.export import export_timm
+from di3cl_hf.hub.push import remote_code_files, stage_model, stage_space
 from di3cl_hf.training.metrics import save_json, scores_from_confusion
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,15 +75,15 @@ def hub_env(hub: FakeHub, hf_home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-# The push commands run through the parser hub.register_cli builds (the real `di3cl push` code path)
+# The push commands run through the parser di3cl_hf.cli.hub.register builds (the real `di3cl push` code path)
 # without needing every other command module of `di3cl`.
 CLI_PRELUDE = """
 import argparse
-from di3cl_hf.hub.push import register_cli
+from di3cl_hf.cli.hub import register
 
 def main(argv):
     parser = argparse.ArgumentParser(prog="di3cl")
-    register_cli(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 """
@@ -223,7 +216,7 @@ def write_parquet_dataset(folder: Path) -> None:
     """A small dataset exported the project's way (data/<split>-*.parquet + README.md)."""
     import datasets
 
-    from di3cl_hf.data.sarsense import export_parquet
+    from di3cl_hf.data.parquet import export_parquet
 
     rng = np.random.default_rng(0)
     splits = {
@@ -446,3 +439,18 @@ def test_stage_space_requires_gradio_yaml(tmp_path: Path) -> None:
     (tmp_path / "space" / "README.md").write_text("---\nsdk: docker\n---\n")
     with pytest.raises(ValueError, match="sdk: gradio"):
         stage_space(tmp_path / "space", tmp_path / "stage")
+
+
+def test_remote_code_files_are_exactly_the_flat_set(tmp_path: Path) -> None:
+    """PACKAGE_DIR is the package root: the remote-code set is its five flat modules, nothing from subpackages."""
+    assert {path.name for path in remote_code_files()} == {
+        "configuration_di3cl.py",
+        "modeling_di3cl.py",
+        "di3cl_layers.py",
+        "image_processing_di3cl.py",
+        "radiometry.py",
+    }
+    assert all(path.parent.name == "di3cl_hf" for path in remote_code_files())
+    (tmp_path / "configuration_di3cl.py").write_text("from .data.sario import read_sar\n")
+    with pytest.raises(ValueError, match="flat sibling"):
+        remote_code_files(tmp_path)

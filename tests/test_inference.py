@@ -15,15 +15,14 @@ from torch import nn
 
 from di3cl_hf.data.sario import write_geotiff
 from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
+from di3cl_hf.inference.embeddings import embed_files, save_embeddings
 from di3cl_hf.inference.scene import (
     OUTPUT_NODATA,
     PROBABILITY_SCALE,
     _TileBlender,
     argmax_planes,
     blend_weights,
-    embed_files,
     predict_scene,
-    save_embeddings,
     tile_starts,
 )
 
@@ -260,12 +259,13 @@ def test_interrupted_run_leaves_no_output(scene, processor, tmp_path: Path) -> N
         )
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary files left behind either
-    # an existing result is left untouched by a failing run
+    # an existing result is left untouched by a failing run (replacing it was asked for)
     out.write_bytes(b"previous result")
     with pytest.raises(RuntimeError, match="simulated failure"):
         predict_scene(
-            FailingNet(), path, out, processor, tile_size=64, overlap=16, batch_size=2, progress=False
-        )
+            FailingNet(), path, out, processor, tile_size=64, overlap=16, batch_size=2, progress=False,
+            overwrite=True,
+        )  # fmt: skip
     assert out.read_bytes() == b"previous result"
     assert [p.name for p in tmp_path.iterdir()] == ["crash.tif"]
 
@@ -421,3 +421,103 @@ def test_argmax_planes_equals_numpy_argmax(num_classes: int) -> None:
     result = argmax_planes(planes)
     assert result.dtype == np.uint8
     np.testing.assert_array_equal(result, planes.argmax(axis=0))
+
+
+# ------------------------------------------------------------------------- outputs and arguments (issue 16)
+
+
+class NeverRunNet(EdgeSensitiveNet):
+    """Fails the test if the model is run: checks must come before any computation."""
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the model ran although the arguments were bad")
+
+
+def test_output_path_is_checked_before_computing(scene, processor, tmp_path: Path) -> None:
+    import os
+
+    from di3cl_hf.inference.outputs import OutputExistsError, OutputPathError
+
+    source, _, _ = scene
+    local = tmp_path / "scene.tif"
+    local.write_bytes(source.read_bytes())
+    before = local.read_bytes()
+    (tmp_path / "link.tif").symlink_to(local)
+    os.link(local, tmp_path / "hard.tif")
+    kwargs = dict(tile_size=64, overlap=16, progress=False)
+    for target in (local, tmp_path / "link.tif", tmp_path / "hard.tif"):
+        for overwrite in (False, True):
+            with pytest.raises(OutputPathError, match="same file"):
+                predict_scene(NeverRunNet(), local, target, processor, overwrite=overwrite, **kwargs)
+    assert local.read_bytes() == before
+    existing = tmp_path / "old.tif"
+    existing.write_bytes(b"previous result")
+    with pytest.raises(OutputExistsError, match="overwrite=True") as error:
+        predict_scene(NeverRunNet(), local, existing, processor, **kwargs)
+    assert isinstance(error.value, FileExistsError) and existing.read_bytes() == b"previous result"
+    with pytest.raises(OutputPathError, match="is a directory"):
+        predict_scene(NeverRunNet(), local, tmp_path, processor, **kwargs)
+    with pytest.raises(OutputPathError, match="does not exist"):
+        predict_scene(NeverRunNet(), local, tmp_path / "missing" / "x.tif", processor, **kwargs)
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize(
+    "tile_size, overlap, match",
+    [
+        (0, 0, "tile_size must be a positive"),
+        (-64, 16, "tile_size"),
+        (64, 64, "overlap"),
+        (64, -1, "overlap"),
+    ],
+)
+def test_bad_tiling_is_a_clear_error(scene, processor, tmp_path: Path, tile_size, overlap, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        predict_scene(NeverRunNet(), scene[0], tmp_path / "x.tif", processor, tile_size=tile_size, overlap=overlap,
+                      progress=False)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_processor_and_model_channels_must_agree(scene, tmp_path: Path) -> None:
+    from di3cl_hf.loading import ChannelMismatchError
+
+    with pytest.raises(ChannelMismatchError, match=r"prepares 1 channel\(s\) but the model takes 2"):
+        predict_scene(NeverRunNet(), scene[0], tmp_path / "x.tif", DI3CLImageProcessor(num_channels=1),
+                      tile_size=64, overlap=16, progress=False)  # fmt: skip
+    with pytest.raises(ChannelMismatchError):
+        embed_files(NeverRunNet(), DI3CLImageProcessor(num_channels=1), [scene[0]], progress=False)
+
+
+def test_save_embeddings_never_replaces_an_input_or_an_existing_file(tmp_path: Path) -> None:
+    from di3cl_hf.inference.outputs import OutputExistsError, OutputPathError
+
+    patch = tmp_path / "a.npy"
+    np.save(patch, np.zeros((2, 8, 8), np.float32))
+    before = patch.read_bytes()
+    features = [np.ones(4, np.float32)]
+    for overwrite in (False, True):
+        with pytest.raises(OutputPathError, match="same file"):
+            save_embeddings(patch, features, [patch], overwrite=overwrite)
+    assert patch.read_bytes() == before
+    out = save_embeddings(tmp_path / "f.npy", features, [patch])
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        save_embeddings(out, [np.zeros(4, np.float32)], [patch])
+    np.testing.assert_array_equal(np.load(out), [features[0]])
+    save_embeddings(out, [np.zeros(4, np.float32)], [patch], overwrite=True)
+    np.testing.assert_array_equal(np.load(out), np.zeros((1, 4), np.float32))
+
+
+def test_fp16_precision(scene, processor, tmp_path: Path) -> None:
+    """--precision fp16 (inference needs no loss scaling) runs and agrees with fp32 on most pixels."""
+    path, db, _ = scene
+    torch.manual_seed(0)
+    model = EdgeSensitiveNet()
+    classes = {}
+    for precision in ("fp32", "fp16"):
+        out = tmp_path / f"{precision}.tif"
+        result = predict_scene(model, path, out, processor, tile_size=128, overlap=32, precision=precision,
+                               progress=False, cog=False)  # fmt: skip
+        assert result.autocast_dtype == {"fp32": "float32", "fp16": "float16"}[precision]
+        classes[precision] = _read(out)[0][0]
+    valid = np.isfinite(db[0])
+    assert (classes["fp16"] == classes["fp32"])[valid].mean() >= 0.99

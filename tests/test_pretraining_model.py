@@ -353,3 +353,28 @@ def test_two_processes_gather_keys_and_shuffle_bn(tmp_path):
     assert torch.equal(queue[:, 6:], initial[:, 6:])
     assert not torch.isclose(queue[:, :6], initial[:, :6]).all(dim=0).any()
     torch.testing.assert_close(queue[:, :6].norm(dim=0), torch.ones(6))
+
+
+def test_queue_snapshot_restore_undoes_one_enqueue_and_digest_tracks_it():
+    """The trainer's skipped-step rollback and cross-process check are model methods (buffer names unchanged)."""
+    from di3cl_hf import DI3CLConfig
+
+    config = DI3CLConfig(
+        backbone="resnet18", image_size=64, queue_size=8, projection_dim=8, projection_hidden_dim=16
+    )
+    model = DI3CLForPreTraining(config)
+    before = model.queue_digest()
+    snapshot = model.queue_snapshot(num_keys=6)
+    enqueue(
+        [model.global_queue, model.contour_queue], [torch.randn(6, 8), torch.randn(6, 8)], model.queue_ptr
+    )
+    assert model.queue_digest() != before and int(model.queue_ptr) == 6
+    model.restore_queues(snapshot)
+    assert model.queue_digest() == before and int(model.queue_ptr) == 0
+    model.copy_query_encoder_to_key()
+    for key, query in zip(
+        model.momentum_encoder.state_dict().values(), model.di3cl.encoder.state_dict().values()
+    ):
+        assert torch.equal(key, query)
+    encoder = model.export_encoder()
+    assert isinstance(encoder, DI3CLModel) and not encoder.training

@@ -1,5 +1,281 @@
-"""``di3cl`` commands of inference.scene (moved here in the restructure)."""
+"""``di3cl predict`` (a SAR scene -> a georeferenced class map) and ``di3cl embed`` (patches -> features).
 
-from ..inference.scene import register_cli as register
+Both commands check their output path before loading the model (never an input, also through a
+link; an existing file only with ``--overwrite``; a writable folder), load the model with
+:func:`di3cl_hf.loading.load_model_and_processor`, and leave nothing behind when stopped by Ctrl-C or
+SIGTERM (:class:`di3cl_hf.runtime.StopSignal`).
+"""
 
-__all__ = ["register"]
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..data.sario import list_sar_files
+from ..inference.embeddings import POOLINGS, check_embeddings_output, embed_files, save_embeddings
+from ..inference.outputs import check_output_path
+from ..inference.scene import OUTPUT_TYPES, predict_scene
+from ..loading import load_model_and_processor
+from ..radiometry import RADIOMETRY_KINDS
+from ..runtime import PRECISIONS, StopSignal
+
+_SAR_HELP = """\
+SAR input:
+  files     GeoTIFF/TIFF (float32 dB, linear intensity or amplitude; int16/uint16 digital numbers;
+            complex SLC), PNG/JPG (8-bit quick-looks) or .npy ([C, H, W] or [H, W]).
+  bands     1 band (VV, or any single polarisation) or 2 bands (VV, VH in that order); pick them in
+            files with more bands with --bands, e.g. --bands 1 2. A single band fed to a dual-pol
+            model is replicated; a 2-band input to a single-pol model uses the first band.
+  radiometry  --input-kind auto|db|intensity|amplitude|dn8|dn16|complex. "auto" (default, unless the
+            model's processor declares one) decides once per file: complex -> complex, uint8 -> dn8,
+            other integers -> dn16, floats with a negative median -> dB, other floats -> linear
+            intensity. Amplitude cannot be told from intensity and must be declared.
+  dB range  values are converted to dB, clipped to --db-range LOW HIGH (default: the model
+            processor's, normally -30 5) and normalised with the processor's statistics.
+  nodata    the file's nodata value, NaN/inf and the --nodata value are invalid; they are zero
+            (the normalised mean) in the model input and 255 in predicted maps.
+  outputs   never an input file; an existing output is replaced only with --overwrite.
+"""
+
+# The Python spelling of a band choice in library messages, e.g. "pass bands=(1, 2)".
+_PYTHON_BANDS = re.compile(r"\bbands=\(([\d,\s]*)\)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def command_line_message(message: str) -> str:
+    """``message`` with the Python spelling of a band choice (``bands=(1, 2)``) in the CLI's (``--bands 1 2``)."""
+    return _PYTHON_BANDS.sub(lambda m: " ".join(["--bands", *m.group(1).replace(",", " ").split()]), message)
+
+
+@contextlib.contextmanager
+def _command_line_errors() -> Iterator[None]:
+    """Re-raise library ``ValueError``s whose advice is spelled for Python with the CLI's spelling."""
+    try:
+        yield
+    except ValueError as error:
+        message = command_line_message(str(error))
+        if message == str(error):
+            raise
+        raise ValueError(message) from error
+
+
+def _interrupted(command: str, interrupt: KeyboardInterrupt, output: str) -> int:
+    """Report a run stopped by Ctrl-C / SIGTERM (nothing was written) and return the shell's exit code."""
+    reason = str(interrupt) or "interrupted"
+    print(f"di3cl {command}: {reason}; nothing written to {output}", file=sys.stderr)
+    return 143 if "SIGTERM" in reason else 130
+
+
+def _add_sar_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("SAR input options (see below)")
+    group.add_argument(
+        "--bands", type=int, nargs="+", metavar="N", help="1-based bands to use, e.g. 1 2 (VV VH)"
+    )
+    group.add_argument(
+        "--input-kind",
+        choices=RADIOMETRY_KINDS,
+        default=None,
+        help="radiometric kind of the pixel values (default: the processor's, normally auto)",
+    )
+    group.add_argument(
+        "--db-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None, help="dB clipping range"
+    )
+    group.add_argument("--nodata", type=float, default=None, help="extra value marking missing pixels")
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime")
+    group.add_argument(
+        "--batch-size", type=_positive_int, default=4, help="tiles/patches per forward pass (default 4)"
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 autocast where the device runs it natively, else fp32; or force bf16, fp16, fp32",
+    )
+    group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    group.add_argument("--local-files-only", action="store_true", help="never contact the Hub for MODEL")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _processor_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    if args.db_range is not None and not args.db_range[0] < args.db_range[1]:
+        raise ValueError(f"--db-range: LOW must be below HIGH, got {args.db_range}")
+    return {"input_kind": args.input_kind, "db_range": args.db_range, "nodata_value": args.nodata}
+
+
+def _check_predict_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be checked before the model is loaded and the scene computed."""
+    if args.overlap >= args.tile_size:
+        raise ValueError(f"--overlap ({args.overlap}) must be smaller than --tile-size ({args.tile_size})")
+    if not Path(args.input).exists():
+        raise FileNotFoundError(f"{args.input}: no such file")
+    check_output_path(args.output, [args.input], overwrite=args.overwrite, flag="--overwrite")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    _check_predict_arguments(args)
+    overrides = _processor_overrides(args)
+    model, processor = load_model_and_processor(
+        args.model, "segmentation", overrides, local_files_only=args.local_files_only
+    )
+    try:
+        with _command_line_errors():
+            result = predict_scene(
+                model,
+                args.input,
+                args.output,
+                processor,
+                tile_size=args.tile_size,
+                overlap=args.overlap,
+                batch_size=args.batch_size,
+                bands=args.bands,
+                output_type=args.output_type,
+                precision=args.precision,
+                device=args.device,
+                cog=not args.no_cog,
+                progress=not args.quiet,
+                overwrite=args.overwrite,
+            )
+    except KeyboardInterrupt as interrupt:
+        return _interrupted("predict", interrupt, args.output)
+    print(
+        f"{result.path}: {result.height}x{result.width} px, {result.num_tiles} tiles "
+        f"({result.tiles_skipped} all-nodata skipped), {result.seconds:.1f} s, "
+        f"{result.megapixels_per_second:.2f} Mpx/s, {result.autocast_dtype}, input {result.input_kind}"
+    )
+    return 0
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Files given on the command line, folders replaced by the SAR files under them (sorted)."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(list_sar_files(path))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+    if not files:
+        raise ValueError(f"no SAR files found in {', '.join(inputs)}")
+    return files
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    files = expand_inputs(args.inputs)
+    check_embeddings_output(args.output, files, overwrite=args.overwrite, flag="--overwrite")
+    model, processor = load_model_and_processor(
+        args.model, "features", _processor_overrides(args), local_files_only=args.local_files_only
+    )
+    try:
+        # SIGTERM as Ctrl-C: the atomic writer's clean-up runs, no temporary file stays behind
+        with StopSignal(raise_on_signal=True, message="stopping"), _command_line_errors():
+            embeddings = embed_files(
+                model,
+                processor,
+                files,
+                pooling=args.pooling,
+                batch_size=args.batch_size,
+                bands=args.bands,
+                precision=args.precision,
+                device=args.device,
+                progress=not args.quiet,
+            )
+            save_embeddings(args.output, embeddings, files, overwrite=args.overwrite)
+    except KeyboardInterrupt as interrupt:
+        return _interrupted("embed", interrupt, args.output)
+    print(f"{args.output}: {len(embeddings)} {args.pooling} embeddings of shape {tuple(embeddings[0].shape)}")
+    return 0
+
+
+def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
+    predict = subparsers.add_parser(
+        "predict",
+        help="segment a whole SAR scene (any size) into a georeferenced GeoTIFF",
+        description=(
+            "Segment a SAR scene of any size tile by tile (overlapping tiles, smooth blending, bounded\n"
+            "memory) and write a Cloud-Optimized GeoTIFF with the input's CRS and transform: a uint8 class\n"
+            "map (default) or one uint8 band per class with round(p * 254); 255 is nodata.\n"
+            "MODEL is a folder written by save_pretrained or a Hub id (from the local cache when offline)."
+        ),
+        epilog=_SAR_HELP
+        + "\nexample:\n  di3cl predict outputs/water scene_vv_vh.tif water.tif --tile-size 512 --overlap 64\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument(
+        "model", metavar="MODEL", help="model folder or Hub id (DI3CLForSemanticSegmentation)"
+    )
+    predict.add_argument("input", metavar="INPUT", help="SAR scene file")
+    predict.add_argument(
+        "output", metavar="OUTPUT", help="GeoTIFF to write (appears only when complete; never INPUT)"
+    )
+    predict.add_argument(
+        "--tile-size", type=_positive_int, default=512, help="tile size in pixels (default 512)"
+    )
+    predict.add_argument(
+        "--overlap",
+        type=_non_negative_int,
+        default=64,
+        help="minimum tile overlap / blending ramp, smaller than the tile size (default 64)",
+    )
+    predict.add_argument(
+        "--output-type", choices=OUTPUT_TYPES, default="classes", help="class map (default) or probabilities"
+    )
+    predict.add_argument("--no-cog", action="store_true", help="plain tiled GeoTIFF instead of a COG")
+    _add_sar_arguments(predict)
+    _add_runtime_arguments(predict)
+    predict.set_defaults(func=_run_predict)
+
+
+def _add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
+    embed = subparsers.add_parser(
+        "embed",
+        help="encoder features of SAR patches to .npy or Parquet",
+        description=(
+            "Compute DI3CL encoder features of SAR patches: pooled ([D] per patch, the global average of\n"
+            "the deepest map) or dense ([D, H/32, W/32]). Writes .npy (plus NAME.files.txt listing the rows)\n"
+            "or .parquet (columns path, embedding, shape). MODEL is any DI3CL folder or Hub id."
+        ),
+        epilog=_SAR_HELP + "\nexample:\n  di3cl embed outputs/pretrain patches/ --output features.parquet\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    embed.add_argument("model", metavar="MODEL", help="model folder or Hub id (any DI3CL checkpoint)")
+    embed.add_argument("inputs", metavar="INPUT", nargs="+", help="SAR patch files or folders of them")
+    embed.add_argument("--output", "-o", required=True, help="output file ending in .npy or .parquet")
+    embed.add_argument(
+        "--pooling", choices=POOLINGS, default="pooled", help="pooled (default) or dense features"
+    )
+    _add_sar_arguments(embed)
+    _add_runtime_arguments(embed)
+    embed.set_defaults(func=_run_embed)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``di3cl predict`` and ``di3cl embed`` to the ``di3cl`` command line."""
+    _add_predict_parser(subparsers)
+    _add_embed_parser(subparsers)
+
+
+__all__ = ["command_line_message", "expand_inputs", "register"]

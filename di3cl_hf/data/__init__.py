@@ -1,41 +1,92 @@
-"""SAR data: raster I/O, the SARSense and segmentation 🤗 datasets builders, Parquet export, synthetic data."""
+"""SAR data: raster I/O, the SARSense and segmentation 🤗 datasets builders, Parquet export, synthetic data.
 
-from .sarsense import (
-    SARDecoder,
-    SARSegmentation,
-    SARSense,
+- :mod:`.sario`: read/write SAR rasters (GeoTIFF, PNG/JPG, ``.npy``), window by window for large scenes
+- :mod:`.polarisation`: one sample from one file per polarisation (``{id}_vv.tif`` + ``{id}_vh.tif``)
+- :mod:`.classes`: the downstream tasks' class lists (:data:`LANDCOVER_CLASSES`, ...)
+- :mod:`.builders`: what the builders share (fingerprints, shards, band names, skipped-file reports)
+- :mod:`.sarsense`: the SARSense pre-training builder (:func:`load_sarsense`)
+- :mod:`.segmentation`: the segmentation builder (:func:`load_segmentation`), label fractions, splits
+- :mod:`.parquet`: lossless array columns, decoding (:func:`with_decoding`), Parquet export + card
+- :mod:`.samples`: the real Sentinel-1 sample shipped in the repository
+- :mod:`.synthetic`: synthetic SAR scenes, patches and segmentation sets
+"""
+
+from .builders import AllFilesSkippedError, skipped_files
+from .classes import (
+    IGNORE_INDEX,
+    LANDCOVER_CLASSES,
+    ROAD_CLASSES,
+    SEGMENTATION_PRESETS,
+    TASK_CLASSES,
+    WATER_CLASSES,
     SegmentationTask,
-    class_names,
+)
+from .parquet import (
+    SARDecoder,
+    dataset_card,
+    decode_array,
     decode_batch,
     decode_example,
+    encode_array,
     export_parquet,
+    with_decoding,
+)
+from .polarisation import PolarisationError, group_polarisations, read_sample
+from .samples import sentinel1_sample
+from .sario import SARFileError, list_sar_files, open_scene, read_sar, write_geotiff
+from .sarsense import SARSense, load_sarsense
+from .segmentation import (
+    PAPER_LABEL_FRACTIONS,
+    PairingError,
+    SARSegmentation,
+    check_class_coverage,
+    class_names,
     find_segmentation_splits,
     label_fraction_subset,
-    load_sarsense,
     load_segmentation,
     mask_to_label,
     match_pairs,
-    skipped_files,
     train_validation_split,
-    with_decoding,
 )
 
 __all__ = [
+    "IGNORE_INDEX",
+    "LANDCOVER_CLASSES",
+    "PAPER_LABEL_FRACTIONS",
+    "ROAD_CLASSES",
+    "SEGMENTATION_PRESETS",
+    "TASK_CLASSES",
+    "WATER_CLASSES",
+    "AllFilesSkippedError",
+    "PairingError",
+    "PolarisationError",
     "SARDecoder",
+    "SARFileError",
     "SARSegmentation",
     "SARSense",
     "SegmentationTask",
+    "check_class_coverage",
     "class_names",
+    "dataset_card",
+    "decode_array",
     "decode_batch",
     "decode_example",
+    "encode_array",
     "export_parquet",
     "find_segmentation_splits",
+    "group_polarisations",
     "label_fraction_subset",
+    "list_sar_files",
     "load_sarsense",
     "load_segmentation",
     "mask_to_label",
     "match_pairs",
+    "open_scene",
+    "read_sample",
+    "read_sar",
+    "sentinel1_sample",
     "skipped_files",
     "train_validation_split",
     "with_decoding",
+    "write_geotiff",
 ]

@@ -6,9 +6,15 @@ data; GDAL's ``CInt16`` is read as complex64, which holds it exactly), a boolean
 ``[H, W]`` built from the nodata value, NaN/inf values and the dataset's own mask band, and the
 georeferencing (CRS and affine transform) when the file has one.
 
-Supported inputs: GeoTIFF/TIFF (any band layout of 1 or 2 bands, e.g. VV or VV+VH), PNG/JPG
-(8-bit quick-looks; RGB(A) is reduced to one grey band, alpha becomes the validity mask) and NumPy
-``.npy`` arrays (``[H, W]``, ``[C, H, W]`` or ``[H, W, C]`` with C in 1 or 2).
+Supported inputs: GeoTIFF/TIFF (any number of bands, e.g. VV, VV+VH, quad-pol HH/HV/VH/VV or a Pauli
+RGB composite), PNG/JPG (8-bit quick-looks; alpha becomes the validity mask) and NumPy ``.npy`` arrays
+(``[H, W]``, ``[C, H, W]`` or ``[H, W, C]``; the band axis is the short one).
+
+**Band count.** Readers take ``max_bands``: by default (:data:`MAX_BANDS`, the model's VV/VH input) a
+file with more bands must be read with ``bands=`` (1-based indexes); ``max_bands=None`` reads every band
+(the lossless dataset builders do this: choosing bands is a training / inference decision). In the
+default mode an RGB(A) quick-look is reduced to one grey band (exact when R == G == B); with
+``max_bands=None`` its colour bands are kept unless they are equal.
 
 Problems with the *content* of a file (unreadable, empty, truncated, wrong band count, wrong array
 shape) raise :class:`SARFileError`, a :class:`ValueError` whose message starts with the file path.
@@ -47,6 +53,7 @@ SUPPORTED_SUFFIXES = TIFF_SUFFIXES + IMAGE_SUFFIXES + NPY_SUFFIXES
 MAX_BANDS = 2
 
 WindowLike = Window | tuple[int, int, int, int]
+_NPY_LAYOUTS = "expected [H, W], [C, H, W] or [H, W, C] (the band axis C shorter than H and W)"
 
 
 class SARFileError(ValueError):
@@ -71,7 +78,8 @@ class SARRaster:
     """A SAR raster (or a window of one) read from disk.
 
     Attributes:
-        array: Pixel values ``[C, H, W]`` in the source dtype (C is 1 or 2, e.g. VV or VV+VH).
+        array: Pixel values ``[C, H, W]`` in the source dtype (e.g. VV, VV+VH, or any band count
+            read with ``max_bands=None``).
         valid_mask: Boolean ``[H, W]``; ``False`` where any band is nodata, NaN/inf or masked.
         crs: Coordinate reference system, or ``None`` for files without georeferencing.
         transform: Affine pixel-to-CRS transform of ``array`` (of the window when one was read),
@@ -120,17 +128,23 @@ def _as_window(window: WindowLike | None) -> Window | None:
     return Window(col_off, row_off, width, height)
 
 
-def _check_bands(path: Path, count: int, bands: Sequence[int] | None) -> list[int]:
-    """Return the 1-based band indexes to read, validating the band count."""
+def _check_bands(
+    path: Path, count: int, bands: Sequence[int] | None, max_bands: int | None = MAX_BANDS
+) -> list[int]:
+    """Return the 1-based band indexes to read, validating the band count (``max_bands=None``: any)."""
     if bands is None:
         if count == 0:
-            raise _error(path, "no bands, expected 1 or 2 (VV, VH)")
-        if count > MAX_BANDS:
-            raise _error(path, f"{count} bands, expected 1 or 2 (VV, VH); pass bands=(1, 2) to pick two")
+            raise _error(path, "no bands")
+        if max_bands is not None and count > max_bands:
+            raise _error(
+                path,
+                f"{count} bands, expected 1 or 2 (VV, VH); choose bands by 1-based index: "
+                "bands=(1, 2) in Python, --bands 1 2 on the command line",
+            )
         return list(range(1, count + 1))
     bands = [int(b) for b in bands]
-    if not 1 <= len(bands) <= MAX_BANDS:
-        raise _error(path, f"{len(bands)} bands requested, expected 1 or 2 (VV, VH)")
+    if not bands or (max_bands is not None and len(bands) > max_bands):
+        raise _error(path, f"{len(bands)} bands requested, expected 1 to {max_bands or 'any number'}")
     bad = [b for b in bands if not 1 <= b <= count]
     if bad:
         raise _error(path, f"band(s) {bad} requested but the file has {count} band(s) (1-based indexes)")
@@ -189,6 +203,7 @@ class SARScene:
             raise _error(self.path, "empty file (0 bytes)")
         self._dataset: Any = None
         self._array: np.ndarray | None = None
+        self._npy_shape: tuple[int, ...] | None = None
         suffix = self.path.suffix.lower()
         if suffix in NPY_SUFFIXES:
             self._open_npy()
@@ -204,19 +219,19 @@ class SARScene:
         if array.ndim == 2:
             array = array[None]
         elif array.ndim == 3:
-            if array.shape[0] <= MAX_BANDS:
-                pass
-            elif array.shape[-1] <= MAX_BANDS:
-                array = np.moveaxis(array, -1, 0)
+            first, rows, last = array.shape
+            if first <= MAX_BANDS or (first < rows and first < last):
+                pass  # [C, H, W]
+            elif last <= MAX_BANDS or (last < first and last < rows):
+                array = np.moveaxis(array, -1, 0)  # [H, W, C]
             else:
-                raise _error(
-                    self.path,
-                    f"array shape {tuple(array.shape)}, expected [H, W], [C, H, W] or [H, W, C] with C in 1 or 2 (VV, VH)",
-                )
+                raise _error(self.path, f"array shape {tuple(array.shape)}, {_NPY_LAYOUTS}")
+            # more than MAX_BANDS bands: only a reader asking for every band (max_bands=None) takes it
+            shape = (int(first), int(rows), int(last))
+            self._npy_shape = shape if min(first, last) > MAX_BANDS else None
         else:
             raise _error(
-                self.path,
-                f"array shape {tuple(array.shape)}, expected [H, W], [C, H, W] or [H, W, C] with C in 1 or 2",
+                self.path, f"array shape {tuple(array.shape)}, expected [H, W], [C, H, W] or [H, W, C]"
             )
         if array.dtype.kind not in "fciub":
             raise _error(self.path, f"array dtype {array.dtype}, expected a numeric dtype")
@@ -260,17 +275,23 @@ class SARScene:
 
     # -- reading -----------------------------------------------------------------------------------
     def read(
-        self, window: WindowLike | None = None, bands: Sequence[int] | None = None, boundless: bool = False
+        self,
+        window: WindowLike | None = None,
+        bands: Sequence[int] | None = None,
+        boundless: bool = False,
+        max_bands: int | None = MAX_BANDS,
     ) -> SARRaster:
         """Read the whole scene or a window of it.
 
         Args:
             window: A :class:`rasterio.windows.Window` or ``(row_off, col_off, height, width)``;
                 ``None`` reads everything.
-            bands: 1-based band indexes to read (at most 2); ``None`` reads all bands and requires
-                the file to have 1 or 2.
+            bands: 1-based band indexes to read (at most ``max_bands``); ``None`` reads all bands
+                and requires the file to have at most ``max_bands``.
             boundless: Allow windows that extend past the scene; the outside is filled with the
                 nodata value (or 0) and marked invalid.
+            max_bands: Most bands read at once (default 2, VV + VH); ``None``: any number, colour
+                quick-looks keep their colour bands (lossless).
 
         Returns:
             The :class:`SARRaster` of the window.
@@ -289,11 +310,15 @@ class SARScene:
             if not boundless:
                 _window_in_bounds(self.path, win, self.height, self.width)
         if self._array is not None:
-            return self._read_npy(win, bands)
-        return self._read_rasterio(win, bands, boundless)
+            return self._read_npy(win, bands, max_bands)
+        return self._read_rasterio(win, bands, boundless, max_bands)
 
-    def _read_npy(self, window: Window | None, bands: Sequence[int] | None) -> SARRaster:
-        indexes = [b - 1 for b in _check_bands(self.path, self.count, bands)]
+    def _read_npy(
+        self, window: Window | None, bands: Sequence[int] | None, max_bands: int | None
+    ) -> SARRaster:
+        if self._npy_shape is not None and bands is None and max_bands is not None and self.count > max_bands:
+            raise _error(self.path, f"array shape {self._npy_shape}, {_NPY_LAYOUTS} and C in 1..{max_bands}")
+        indexes = [b - 1 for b in _check_bands(self.path, self.count, bands, max_bands)]
         assert self._array is not None
         if window is None:
             rows, cols = slice(0, self.height), slice(0, self.width)
@@ -322,12 +347,12 @@ class SARScene:
         return SARRaster(array, _finite_mask(array), None, None, None, self.path, (None,) * len(indexes))
 
     def _read_rasterio(
-        self, window: Window | None, bands: Sequence[int] | None, boundless: bool
+        self, window: Window | None, bands: Sequence[int] | None, boundless: bool, max_bands: int | None
     ) -> SARRaster:
         ds = self._dataset
         if self._is_photo and bands is None and (self.count in (3, 4) or self._has_alpha):
-            return self._read_photo(window, boundless)
-        indexes = _check_bands(self.path, self.count, bands)
+            return self._read_photo(window, boundless, keep_colour=max_bands is None)
+        indexes = _check_bands(self.path, self.count, bands, max_bands)
         # fill_value only when padding: rasterio also writes it into masked pixels, altering the data
         options: dict[str, Any] = {}
         if boundless:
@@ -359,8 +384,11 @@ class SARScene:
         names = tuple(self.band_names[i - 1] for i in indexes)
         return SARRaster(array, valid, self.crs, transform, self.nodata, self.path, names)
 
-    def _read_photo(self, window: Window | None, boundless: bool) -> SARRaster:
-        """Quick-look (grey+alpha, RGB, RGBA): one grey band (exact when R == G == B), alpha -> validity."""
+    def _read_photo(self, window: Window | None, boundless: bool, keep_colour: bool = False) -> SARRaster:
+        """Quick-look (grey+alpha, RGB, RGBA): one grey band (exact when R == G == B), alpha -> validity.
+
+        With ``keep_colour`` an RGB(A) image whose colour bands differ (e.g. a Pauli composite) keeps them.
+        """
         ds = self._dataset
         try:
             with _GDAL_BLOCK_IO:
@@ -368,14 +396,17 @@ class SARScene:
         except RasterioError as error:
             raise _error(self.path, f"truncated or unreadable pixel data ({error})") from error
         colour = rgba[:-1] if self._has_alpha else rgba
+        names: tuple[str, ...] = ("grey",)
         if (colour == colour[:1]).all():
             grey = colour[:1].copy()
+        elif keep_colour:
+            grey, names = colour.copy(), ("red", "green", "blue")[: colour.shape[0]]
         else:
             grey = np.rint(colour.astype(np.float32).mean(axis=0, keepdims=True)).astype(rgba.dtype)
         valid = rgba[-1] > 0 if self._has_alpha else np.ones(grey.shape[1:], dtype=bool)
         if boundless and window is not None:
             valid &= _inside_mask(window, self.height, self.width)
-        return SARRaster(grey, valid, None, None, None, self.path, ("grey",))
+        return SARRaster(grey, valid, None, None, None, self.path, names)
 
     def windows(self, size: int | tuple[int, int], overlap: int = 0) -> Iterator[Window]:
         """Windows of ``size`` covering the scene row by row (edge windows are clipped to the scene).
@@ -439,14 +470,16 @@ def read_sar(
     window: WindowLike | None = None,
     bands: Sequence[int] | None = None,
     boundless: bool = False,
+    max_bands: int | None = MAX_BANDS,
 ) -> SARRaster:
     """Read a SAR file (GeoTIFF/TIFF, PNG/JPG or ``.npy``) or a window of it.
 
     Args:
         path: The file.
         window: A :class:`rasterio.windows.Window` or ``(row_off, col_off, height, width)``.
-        bands: 1-based band indexes (at most 2); ``None`` reads all and requires 1 or 2 bands.
+        bands: 1-based band indexes (at most ``max_bands``); ``None`` reads all bands.
         boundless: Allow windows past the raster edge (padding is marked invalid).
+        max_bands: Most bands read at once (default 2); ``None`` for any number (lossless archives).
 
     Returns:
         A :class:`SARRaster` with ``array`` ``[C, H, W]`` in the source dtype.
@@ -456,7 +489,7 @@ def read_sar(
         SARFileError: Unreadable, empty or truncated file, unsupported band count or array shape.
     """
     with SARScene(path) as scene:
-        return scene.read(window=window, bands=bands, boundless=boundless)
+        return scene.read(window=window, bands=bands, boundless=boundless, max_bands=max_bands)
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -714,6 +747,7 @@ def list_sar_files(root: str | os.PathLike[str]) -> list[Path]:
 
 
 __all__ = [
+    "MAX_BANDS",
     "GeoTIFFWriter",
     "SARFileError",
     "SARRaster",

@@ -34,21 +34,8 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 
-from ..data.sario import create_geotiff, write_geotiff
-
-LANDCOVER_CLASSES: tuple[str, ...] = (
-    "water",
-    "wetland",
-    "farmland",
-    "forest",
-    "meadow",
-    "road",
-    "village",
-    "city",
-    "ground",
-    "other",
-)
-"""The paper's 10 land-cover classes; a class's id is its index here."""
+from .classes import LANDCOVER_CLASSES
+from .sario import create_geotiff, write_geotiff
 
 WATER, WETLAND, FARMLAND, FOREST, MEADOW, ROAD, VILLAGE, CITY, GROUND, OTHER = range(10)
 

@@ -1,11 +1,12 @@
-"""Scene inference: tiled, georeferenced prediction on whole SAR scenes, and patch embeddings.
+"""Scene inference: tiled, georeferenced prediction on whole SAR scenes.
 
 :func:`predict_scene` segments a SAR scene of any size with bounded memory:
 
-1. The scene is read window by window (:func:`di3cl_hf.sario.open_scene`), never whole.
+1. The scene is read window by window (:func:`di3cl_hf.data.sario.open_scene`), never whole.
 2. Overlapping square tiles (``tile_size``, at least ``overlap`` pixels shared with each neighbour,
    spread evenly so every tile lies inside the scene) are batched through the model under
-   ``torch.inference_mode`` with bf16 autocast where the device supports it.
+   ``torch.inference_mode`` with bf16 autocast where the device runs it natively
+   (:func:`di3cl_hf.runtime.resolve_precision`).
 3. The logits of overlapping tiles are blended with a separable raised-cosine window (1 in the tile
    centre, falling to near 0 over the ``overlap`` at the tile edges, clamped away from 0) and
    normalised by the summed weights, so no seams show. The class map is the argmax of the blended
@@ -17,26 +18,26 @@
    tiles: it grows with the scene width only through that thin band.
 5. The output GeoTIFF (tiled, compressed, Cloud-Optimized by default) gets the input's CRS and
    transform, is written window by window into a temporary file and moved into place only when
-   complete (:func:`di3cl_hf.sario.create_geotiff`), so an interrupted run leaves nothing under the
-   target name. Input nodata pixels stay nodata (255) in the output.
+   complete (:func:`di3cl_hf.data.sario.create_geotiff`), so an interrupted run (an error, Ctrl-C or
+   SIGTERM) leaves nothing under the target name and no temporary file. Input nodata pixels stay
+   nodata (255) in the output.
+
+The output path is checked before anything is computed (:mod:`di3cl_hf.inference.outputs`): never the
+input (also through a link), an existing file only with ``overwrite=True``, a writable folder.
 
 Radiometry is resolved once per scene: the ``"auto"`` kind and percentile clipping bounds are
 computed from a grid of sample windows spread over the scene, then applied to every tile, so that a
 tile of open water cannot be read as a different radiometric kind than its neighbours.
 
-:func:`embed_files` computes pooled (``[D]``) or dense (``[D, H/32, W/32]``) encoder features of
-SAR patches; :func:`save_embeddings` writes them to ``.npy`` or Parquet.
-
-``register_cli`` adds the ``di3cl predict`` and ``di3cl embed`` commands.
+Patch embeddings are in :mod:`di3cl_hf.inference.embeddings`; the ``di3cl predict`` / ``di3cl embed``
+commands in :mod:`di3cl_hf.cli.predict`.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,12 +51,16 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_path, write_text
-from ..data.sario import create_geotiff, open_scene, read_sar
+from ..data.sario import create_geotiff, open_scene
+from ..image_processing_di3cl import DI3CLImageProcessor
+from ..loading import check_channels
 from ..memory import reuse_large_allocations
+from ..radiometry import resolve_kind
+from ..runtime import StopSignal, default_device, resolve_precision
+from ..runtime import autocast_dtype as precision_dtype
+from .outputs import check_output_path
 
 OUTPUT_TYPES = ("classes", "probabilities")
-PRECISIONS = ("auto", "bf16", "fp32")
 BLEND_MODES = ("cosine", "uniform")
 OUTPUT_NODATA = 255
 # Probabilities are written as round(p * PROBABILITY_SCALE) so that 255 stays free for nodata.
@@ -107,34 +112,6 @@ def blend_weights(tile_size: int, overlap: int, mode: str = "cosine", min_weight
     return np.maximum(weights, min_weight).astype(np.float32)
 
 
-def resolve_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (``None`` = plain fp32).
-
-    ``"auto"`` picks bf16 where the hardware runs it natively (CUDA with bf16 support; CPUs whose
-    oneDNN has bf16 kernels, e.g. AVX-512 BF16 / AMX) and fp32 elsewhere, where bf16 would be
-    emulated and slower.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        try:
-            supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            supported = False
-        return torch.bfloat16 if supported else None
-    return None
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _logits_of(output: Any) -> torch.Tensor:
     """The logits of a model output (a tensor, a ``ModelOutput`` / dict with ``logits``)."""
     if isinstance(output, torch.Tensor):
@@ -184,7 +161,7 @@ class ScenePreprocessor:
     Args:
         processor: A :class:`~di3cl_hf.image_processing_di3cl.DI3CLImageProcessor`.
         scene: An open :class:`~di3cl_hf.sario.SARScene`.
-        bands: 1-based bands to read (``None``: all, 1 or 2).
+        bands: 1-based bands to read, e.g. ``bands=(1, 2)`` (``None``: all, 1 or 2).
     """
 
     def __init__(self, processor: Any, scene: Any, bands: Sequence[int] | None = None) -> None:
@@ -197,8 +174,6 @@ class ScenePreprocessor:
         valid = np.concatenate([s.valid_mask.reshape(1, -1) for s in samples], axis=1)
         kind = getattr(processor, "input_kind", "auto")
         if kind == "auto":
-            from ..radiometry import resolve_kind
-
             kind = resolve_kind(arrays, "auto", valid)
         self.input_kind = kind
         db, db_valid = processor.sar_to_db(arrays, valid, input_kind=kind)
@@ -209,8 +184,6 @@ class ScenePreprocessor:
         """Per-channel float32 ``(low, high, high - low, mean, std)`` ``[C, 1, 1]`` for the numpy
         twin of ``DI3CLImageProcessor.db_to_pixel_values`` (the same float32 operations in the same
         order, so the same values), or ``None`` for another processor (its own method is used)."""
-        from ..image_processing_di3cl import DI3CLImageProcessor
-
         if getattr(type(processor), "db_to_pixel_values", None) is not DI3CLImageProcessor.db_to_pixel_values:
             return None
 
@@ -266,7 +239,7 @@ class ScenePrediction:
         num_tiles: Tiles in the grid.
         tiles_skipped: Tiles without any valid pixel (not run through the model).
         seconds: Wall time.
-        autocast_dtype: ``"bfloat16"`` or ``"float32"``.
+        autocast_dtype: ``"bfloat16"``, ``"float16"`` or ``"float32"``.
         input_kind: The radiometric kind used for the scene.
     """
 
@@ -389,6 +362,19 @@ def _weighted_region(weights_2d: np.ndarray) -> list[tuple[slice, slice]]:
     return [(r, c) for r, c in regions if r.stop > r.start and c.stop > c.start]
 
 
+def check_tiling(tile_size: int, overlap: int, batch_size: int = 1) -> None:
+    """Raise a ``ValueError`` unless ``tile_size > 0``, ``0 <= overlap < tile_size`` and ``batch_size >= 1``."""
+    if tile_size <= 0:
+        raise ValueError(f"tile_size must be a positive number of pixels, got {tile_size!r}")
+    if not 0 <= overlap < tile_size:
+        raise ValueError(
+            f"overlap must be at least 0 and smaller than tile_size={tile_size}, got {overlap!r}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
+# Long only through its docstring (the public API's reference); the body is ~40 lines of steps.
 def predict_scene(
     model: torch.nn.Module,
     input_path: str | os.PathLike[str],
@@ -407,6 +393,7 @@ def predict_scene(
     channels_last: bool = True,
     progress: bool = True,
     gdal_cache_mb: int = 64,
+    overwrite: bool = False,
 ) -> ScenePrediction:
     """Segment a whole SAR scene tile by tile and write a georeferenced GeoTIFF.
 
@@ -416,30 +403,32 @@ def predict_scene(
     converted to the channels-last memory format (same values, faster convolutions on CPU).
 
     Example:
-        >>> from di3cl_hf import DI3CLForSemanticSegmentation, DI3CLImageProcessor  # doctest: +SKIP
-        >>> model = DI3CLForSemanticSegmentation.from_pretrained("outputs/water")  # doctest: +SKIP
-        >>> processor = DI3CLImageProcessor.from_pretrained("outputs/water")  # doctest: +SKIP
+        >>> from di3cl_hf.loading import load_model_and_processor  # doctest: +SKIP
+        >>> model, processor = load_model_and_processor("outputs/water")  # doctest: +SKIP
         >>> predict_scene(model, "scene.tif", "water.tif", processor)  # doctest: +SKIP
 
     Args:
         model: The segmentation model.
         input_path: The SAR scene (GeoTIFF/TIFF, PNG/JPG or ``.npy``; 1 or 2 bands, or ``bands``).
-        output_path: The GeoTIFF to write; it appears only once complete.
+        output_path: The GeoTIFF to write; it appears only once complete. Never the input; an
+            existing file only with ``overwrite``; its folder must exist. Checked before computing.
         processor: A ``DI3CLImageProcessor`` carrying the radiometry (kind, dB range, nodata value,
             normalisation). ``None`` builds the default one for ``model.config.num_channels``.
         tile_size: Tile height and width fed to the model (a multiple of 32 for DI3CL models).
         overlap: Minimum overlap between neighbouring tiles, also the length of the blending ramp.
         batch_size: Tiles per forward pass.
-        bands: 1-based bands of the input to use, e.g. ``(1, 2)`` for VV, VH.
+        bands: 1-based bands of the input to use, e.g. ``bands=(1, 2)`` for VV, VH.
         output_type: ``"classes"`` (uint8 class indices, one band) or ``"probabilities"`` (one uint8
             band per class, ``round(p * 254)``); 255 is nodata in both.
-        precision: ``"auto"`` (bf16 autocast where the device runs it natively), ``"bf16"`` or ``"fp32"``.
+        precision: One of :data:`di3cl_hf.runtime.PRECISIONS`: ``"auto"`` (bf16 autocast where the
+            device runs it natively, else fp32), ``"bf16"``, ``"fp16"`` or ``"fp32"``.
         device: Torch device; defaults to CUDA when available, else CPU.
         blend: ``"cosine"`` (smooth window, default) or ``"uniform"`` (plain averaging).
         cog: Write a Cloud-Optimized GeoTIFF (with overviews) instead of a plain tiled GeoTIFF.
         channels_last: Run the model in the channels-last memory format.
         progress: Show a tqdm progress bar over tiles.
         gdal_cache_mb: GDAL block cache limit while reading/writing (keeps memory flat for huge scenes).
+        overwrite: Replace an existing output.
 
     Returns:
         A :class:`ScenePrediction` summary.
@@ -447,22 +436,64 @@ def predict_scene(
     On a CPU under Linux/glibc, freed blocks of up to 64 MiB are kept on the heap for reuse while the
     scene runs (fresh mappings of the model's large activations each batch cost ~18 % here, see
     :func:`di3cl_hf.memory.reuse_large_allocations`); glibc's usual settings are restored afterwards.
+    In the main thread, SIGTERM is handled like Ctrl-C while the scene runs (``KeyboardInterrupt``),
+    so the temporary output is removed either way.
 
     Raises:
-        ValueError: Bad arguments, or a file that cannot be read as a SAR scene.
+        ValueError: Bad arguments, a processor whose channels are not the model's, or a file that
+            cannot be read as a SAR scene.
+        OutputPathError: The output is the input, a directory, or in a missing / read-only folder
+            (a ``ValueError``); ``OutputExistsError`` when it exists without ``overwrite``.
         FileNotFoundError: The input does not exist.
     """
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_tiling(tile_size, overlap, batch_size)
+    output_path = check_output_path(output_path, [input_path], overwrite=overwrite)
     weights_1d = blend_weights(tile_size, overlap, blend)
-    device = torch.device(device) if device is not None else _default_device()
-    autocast_dtype = resolve_autocast_dtype(precision, device)
-    if processor is None:
-        from ..image_processing_di3cl import DI3CLImageProcessor
+    device = torch.device(device) if device is not None else default_device()
+    dtype = precision_dtype(resolve_precision(precision, device))
+    processor, num_labels = _prepare_model(model, processor, device, channels_last, output_type)
+    weights_2d = np.outer(weights_1d, weights_1d)
+    runner = _TileRunner(model, device, dtype, weights_2d, channels_last)
+    start = time.perf_counter()
+    with (
+        StopSignal(raise_on_signal=True, message="stopping, removing the unfinished output"),
+        reuse_large_allocations(device.type == "cpu", max_block_mib=64),
+        rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb)),
+        open_scene(input_path) as scene,
+    ):
+        preprocess = ScenePreprocessor(processor, scene, bands)
+        layout = _Layout(
+            tile_size=tile_size,
+            rows=tile_starts(scene.height, tile_size, overlap),
+            cols=tile_starts(scene.width, tile_size, overlap),
+            weights_2d=weights_2d,
+            num_labels=num_labels,
+            output_type=output_type,
+            band_names=_class_names(model, num_labels) if output_type == "probabilities" else ["class"],
+        )
+        skipped = _write_prediction(output_path, scene, preprocess, runner, layout, batch_size, cog, progress)
+    return ScenePrediction(
+        path=output_path,
+        height=scene.height,
+        width=scene.width,
+        num_tiles=len(layout.rows) * len(layout.cols),
+        tiles_skipped=skipped,
+        seconds=time.perf_counter() - start,
+        autocast_dtype=str(dtype or torch.float32).replace("torch.", ""),
+        input_kind=preprocess.input_kind,
+    )
 
+
+def _prepare_model(
+    model: torch.nn.Module, processor: Any, device: torch.device, channels_last: bool, output_type: str
+) -> tuple[Any, int]:
+    """Check the model against the processor and the output type, move it to ``device`` in eval mode;
+    returns ``(processor, num_labels)`` (the default processor when ``processor`` is ``None``)."""
+    if processor is None:
         processor = DI3CLImageProcessor(num_channels=_model_channels(model, None))
+    check_channels(model, processor)
     channels = _model_channels(model, processor)
     model.eval().to(device)
     if channels_last:
@@ -470,54 +501,57 @@ def predict_scene(
     num_labels = _num_labels(model, channels, device)
     if output_type == "classes" and num_labels > OUTPUT_NODATA:
         raise ValueError(f"{num_labels} classes do not fit a uint8 class map with nodata {OUTPUT_NODATA}")
-    weights_2d = np.outer(weights_1d, weights_1d)
-    runner = _TileRunner(model, device, autocast_dtype, weights_2d, channels_last)
-    start = time.perf_counter()
-    with (
-        reuse_large_allocations(device.type == "cpu", max_block_mib=64),
-        rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb)),
-        open_scene(input_path) as scene,
-    ):
-        preprocess = ScenePreprocessor(processor, scene, bands)
-        height, width = scene.height, scene.width
-        row_starts = tile_starts(height, tile_size, overlap)
-        col_starts = tile_starts(width, tile_size, overlap)
-        band_names = _class_names(model, num_labels) if output_type == "probabilities" else ["class"]
-        with create_geotiff(
-            output_path,
-            height,
-            width,
-            count=len(band_names),
-            dtype="uint8",
-            crs=scene.crs,
-            transform=scene.transform,
-            nodata=OUTPUT_NODATA,
-            cog=cog,
-            band_names=band_names,
-        ) as writer:
-            blender = _TileBlender(
-                writer=writer,
-                height=height,
-                width=width,
-                tile_size=tile_size,
-                row_starts=row_starts,
-                col_starts=col_starts,
-                num_labels=num_labels,
-                output_type=output_type,
-                weights_2d=weights_2d,
-            )
-            skipped = _run_tiles(blender, scene, preprocess, runner, batch_size, progress=progress)
-    seconds = time.perf_counter() - start
-    return ScenePrediction(
-        path=Path(output_path),
-        height=height,
-        width=width,
-        num_tiles=len(row_starts) * len(col_starts),
-        tiles_skipped=skipped,
-        seconds=seconds,
-        autocast_dtype=str(autocast_dtype or torch.float32).replace("torch.", ""),
-        input_kind=preprocess.input_kind,
-    )
+    return processor, num_labels
+
+
+@dataclass
+class _Layout:
+    """How a scene is cut and written: the tile grid, the blending window, the classes and output bands."""
+
+    tile_size: int
+    rows: list[int]  # tile offsets along the scene's rows (y)
+    cols: list[int]  # tile offsets along its columns (x)
+    weights_2d: np.ndarray
+    num_labels: int
+    output_type: str
+    band_names: list[str]
+
+
+def _write_prediction(
+    output_path: Path,
+    scene: Any,
+    preprocess: ScenePreprocessor,
+    runner: _TileRunner,
+    layout: _Layout,
+    batch_size: int,
+    cog: bool,
+    progress: bool,
+) -> int:
+    """Predict every tile of ``scene`` into the atomic GeoTIFF ``output_path``; returns the skipped tiles."""
+    with create_geotiff(
+        output_path,
+        scene.height,
+        scene.width,
+        count=len(layout.band_names),
+        dtype="uint8",
+        crs=scene.crs,
+        transform=scene.transform,
+        nodata=OUTPUT_NODATA,
+        cog=cog,
+        band_names=layout.band_names,
+    ) as writer:
+        blender = _TileBlender(
+            writer=writer,
+            height=scene.height,
+            width=scene.width,
+            tile_size=layout.tile_size,
+            row_starts=layout.rows,
+            col_starts=layout.cols,
+            num_labels=layout.num_labels,
+            output_type=layout.output_type,
+            weights_2d=layout.weights_2d,
+        )
+        return _run_tiles(blender, scene, preprocess, runner, batch_size, progress=progress)
 
 
 def argmax_planes(planes: np.ndarray) -> np.ndarray:
@@ -722,398 +756,16 @@ def _run_tiles(
     return skipped
 
 
-# ------------------------------------------------------------------------------------ embeddings
-
-POOLINGS = ("pooled", "dense")
-EMBEDDING_SUFFIXES = (".npy", ".parquet")
-
-
-def embed_files(
-    model: torch.nn.Module,
-    processor: Any,
-    paths: Sequence[str | os.PathLike[str]],
-    *,
-    pooling: str = "pooled",
-    batch_size: int = 8,
-    bands: Sequence[int] | None = None,
-    precision: str = "auto",
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> list[np.ndarray]:
-    """Encoder features of SAR patches.
-
-    Each file is read with :func:`di3cl_hf.sario.read_sar` and converted by
-    ``processor.sar_to_pixel_values`` (radiometry per patch); consecutive patches of equal size are
-    batched.
-
-    Args:
-        model: A model returning ``last_hidden_state`` ``[B, D, h, w]`` and ``pooler_output`` ``[B, D]``
-            (``DI3CLModel``, e.g. ``AutoModel.from_pretrained(folder)``).
-        processor: A ``DI3CLImageProcessor``.
-        paths: SAR patch files (GeoTIFF/TIFF, PNG/JPG, ``.npy``).
-        pooling: ``"pooled"`` (float32 ``[D]`` per patch, the global average) or ``"dense"``
-            (float32 ``[D, H/32, W/32]``).
-        batch_size: Patches per forward pass.
-        bands: 1-based bands to read (``None``: all, 1 or 2).
-        precision: ``"auto"``, ``"bf16"`` or ``"fp32"`` (see :func:`resolve_autocast_dtype`).
-        device: Torch device; defaults to CUDA when available, else CPU.
-        progress: Show a tqdm progress bar.
-
-    Returns:
-        One float32 array per path, in order.
-    """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    device = torch.device(device) if device is not None else _default_device()
-    autocast_dtype = resolve_autocast_dtype(precision, device)
-    model.eval().to(device)
-    features: list[np.ndarray] = []
-
-    def run(batch: list[np.ndarray]) -> None:
-        pixel_values = torch.from_numpy(np.stack(batch)).to(device)
-        with torch.inference_mode():
-            with torch.autocast(
-                device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-            ):
-                output = model(pixel_values)
-            if pooling == "pooled":
-                values = output["pooler_output"] if isinstance(output, dict) else output.pooler_output
-            else:
-                values = output["last_hidden_state"] if isinstance(output, dict) else output.last_hidden_state
-            features.extend(values.float().cpu().numpy())
-
-    batch: list[np.ndarray] = []
-    for path in tqdm(list(paths), unit="patch", disable=not progress):
-        raster = read_sar(path, bands=bands)
-        pixel_values, _ = processor.sar_to_pixel_values(raster.array, raster.valid_mask)
-        if batch and (len(batch) == batch_size or batch[0].shape != pixel_values.shape):
-            run(batch)
-            batch = []
-        batch.append(pixel_values)
-    if batch:
-        run(batch)
-    return features
-
-
-def save_embeddings(
-    path: str | os.PathLike[str], embeddings: Sequence[np.ndarray], paths: Sequence[str | os.PathLike[str]]
-) -> Path:
-    """Write embeddings atomically to ``.npy`` or Parquet.
-
-    ``.npy``: one float32 array ``[N, ...]`` (all embeddings must have one shape), plus
-    ``<name>.files.txt`` beside it listing the source file of each row. ``.parquet``: columns
-    ``path`` (string), ``embedding`` (float32 list, the flattened features) and ``shape`` (int list),
-    readable with ``datasets.load_dataset("parquet", data_files=...)`` or pandas/pyarrow.
-
-    Returns:
-        ``path``.
-    """
-    path = Path(path)
-    if path.suffix.lower() not in EMBEDDING_SUFFIXES:
-        raise ValueError(
-            f"{path}: unsupported output, expected a name ending in {' or '.join(EMBEDDING_SUFFIXES)}"
-        )
-    if len(embeddings) != len(paths):
-        raise ValueError(f"{len(embeddings)} embeddings for {len(paths)} files")
-    with atomic_path(path, suffix=path.suffix) as temporary:
-        if path.suffix.lower() == ".npy":
-            shapes = {tuple(e.shape) for e in embeddings}
-            if len(shapes) > 1:
-                raise ValueError(
-                    f"{path}: embeddings of different shapes {sorted(shapes)} (patches of different sizes with "
-                    "dense features) cannot be stacked into one .npy; write a .parquet file instead"
-                )
-            with open(temporary, "wb") as handle:
-                np.save(handle, np.stack([np.asarray(e, dtype=np.float32) for e in embeddings]))
-            write_text(path.with_name(path.stem + ".files.txt"), "".join(f"{p}\n" for p in paths))
-        else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            table = pa.table(
-                {
-                    "path": pa.array([str(p) for p in paths], pa.string()),
-                    "embedding": pa.array(
-                        [np.asarray(e, dtype=np.float32).ravel() for e in embeddings], pa.list_(pa.float32())
-                    ),
-                    "shape": pa.array([list(e.shape) for e in embeddings], pa.list_(pa.int32())),
-                }
-            )
-            pq.write_table(table, temporary)
-    return path
-
-
-# -------------------------------------------------------------------------------------- loading
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def load_pretrained(
-    model_ref: str,
-    task: str = "segmentation",
-    processor_overrides: dict[str, Any] | None = None,
-    local_files_only: bool = False,
-) -> tuple[torch.nn.Module, Any]:
-    """Load a DI3CL model and its image processor from a local folder or a Hub id.
-
-    A Hub id is resolved online unless ``HF_HUB_OFFLINE`` is set or ``local_files_only``; when the Hub
-    cannot be reached, the local Hugging Face cache is used. Folders without a
-    ``preprocessor_config.json`` get the default ``DI3CLImageProcessor`` for the model's channels.
-
-    Args:
-        model_ref: Folder written by ``save_pretrained`` or Hub id ``org/name``.
-        task: ``"segmentation"`` (``AutoModelForSemanticSegmentation``) or ``"features"``
-            (``AutoModel``: the encoder, also from a segmentation or pre-training folder).
-        processor_overrides: Processor settings to override (``input_kind``, ``db_range``,
-            ``nodata_value``, ...).
-        local_files_only: Never contact the Hub.
-
-    Returns:
-        ``(model, processor)``, the model in fp32 and eval mode.
-
-    Raises:
-        FileNotFoundError: Neither a folder nor a repository found online or in the cache.
-    """
-    from transformers import AutoModel, AutoModelForSemanticSegmentation
-
-    from ..image_processing_di3cl import DI3CLImageProcessor
-
-    if task not in ("segmentation", "features"):
-        raise ValueError(f"task must be 'segmentation' or 'features', got {task!r}")
-    auto_class = AutoModelForSemanticSegmentation if task == "segmentation" else AutoModel
-    overrides = {k: v for k, v in (processor_overrides or {}).items() if v is not None}
-    is_local = Path(model_ref).exists()
-    if is_local and not Path(model_ref, "config.json").is_file():
-        raise FileNotFoundError(f"{model_ref}: no config.json; expected a folder written by save_pretrained")
-    offline = is_local or local_files_only or _offline()
-
-    def load(cls: Any, local_only: bool, **kwargs: Any) -> Any:
-        return cls.from_pretrained(model_ref, local_files_only=local_only, **kwargs)
-
-    try:
-        try:
-            model = load(auto_class, offline, dtype=torch.float32)
-        except OSError:
-            if offline:
-                raise
-            warnings.warn(f"{model_ref}: Hub not reachable, using the local cache", stacklevel=2)
-            offline = True
-            model = load(auto_class, True, dtype=torch.float32)
-    except OSError as error:
-        where = "folder" if is_local else "Hub repository (online or in the local Hugging Face cache)"
-        raise FileNotFoundError(
-            f"{model_ref}: cannot load a DI3CL model from this {where}: {error}"
-        ) from error
-    try:
-        processor = load(DI3CLImageProcessor, offline, **overrides)
-    except OSError:
-        warnings.warn(
-            f"{model_ref}: no preprocessor_config.json; using the default DI3CLImageProcessor "
-            f"(num_channels={model.config.num_channels}, dB range -30..5, auto radiometry)",
-            stacklevel=2,
-        )
-        processor = DI3CLImageProcessor(num_channels=model.config.num_channels, **overrides)
-    return model.eval(), processor
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-_SAR_HELP = """\
-SAR input:
-  files     GeoTIFF/TIFF (float32 dB, linear intensity or amplitude; int16/uint16 digital numbers;
-            complex SLC), PNG/JPG (8-bit quick-looks) or .npy ([C, H, W] or [H, W]).
-  bands     1 band (VV, or any single polarisation) or 2 bands (VV, VH in that order); pick them in
-            files with more bands with --bands, e.g. --bands 1 2. A single band fed to a dual-pol
-            model is replicated; a 2-band input to a single-pol model uses the first band.
-  radiometry  --input-kind auto|db|intensity|amplitude|dn8|dn16|complex. "auto" (default, unless the
-            model's processor declares one) decides once per file: complex -> complex, uint8 -> dn8,
-            other integers -> dn16, floats with a negative median -> dB, other floats -> linear
-            intensity. Amplitude cannot be told from intensity and must be declared.
-  dB range  values are converted to dB, clipped to --db-range LOW HIGH (default: the model
-            processor's, normally -30 5) and normalised with the processor's statistics.
-  nodata    the file's nodata value, NaN/inf and the --nodata value are invalid; they are zero
-            (the normalised mean) in the model input and 255 in predicted maps.
-"""
-
-
-def _add_sar_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..radiometry import RADIOMETRY_KINDS
-
-    group = parser.add_argument_group("SAR input options (see below)")
-    group.add_argument(
-        "--bands", type=int, nargs="+", metavar="N", help="1-based bands to use, e.g. 1 2 (VV VH)"
-    )
-    group.add_argument(
-        "--input-kind",
-        choices=RADIOMETRY_KINDS,
-        default=None,
-        help="radiometric kind of the pixel values (default: the processor's, normally auto)",
-    )
-    group.add_argument(
-        "--db-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None, help="dB clipping range"
-    )
-    group.add_argument("--nodata", type=float, default=None, help="extra value marking missing pixels")
-
-
-def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("runtime")
-    group.add_argument("--batch-size", type=int, default=4, help="tiles/patches per forward pass (default 4)")
-    group.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="bf16 autocast where supported (auto), or force",
-    )
-    group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    group.add_argument("--local-files-only", action="store_true", help="never contact the Hub for MODEL")
-    group.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _processor_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    if args.db_range is not None and not args.db_range[0] < args.db_range[1]:
-        raise ValueError(f"--db-range: LOW must be below HIGH, got {args.db_range}")
-    return {"input_kind": args.input_kind, "db_range": args.db_range, "nodata_value": args.nodata}
-
-
-def _run_predict(args: argparse.Namespace) -> int:
-    model, processor = load_pretrained(
-        args.model, "segmentation", _processor_overrides(args), local_files_only=args.local_files_only
-    )
-    result = predict_scene(
-        model,
-        args.input,
-        args.output,
-        processor,
-        tile_size=args.tile_size,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        bands=args.bands,
-        output_type=args.output_type,
-        precision=args.precision,
-        device=args.device,
-        cog=not args.no_cog,
-        progress=not args.quiet,
-    )
-    print(
-        f"{result.path}: {result.height}x{result.width} px, {result.num_tiles} tiles "
-        f"({result.tiles_skipped} all-nodata skipped), {result.seconds:.1f} s, "
-        f"{result.megapixels_per_second:.2f} Mpx/s, {result.autocast_dtype}, input {result.input_kind}"
-    )
-    return 0
-
-
-def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    from ..data.sario import list_sar_files
-
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files.extend(list_sar_files(path))
-        elif path.exists():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or directory")
-    if not files:
-        raise ValueError(f"no SAR files found in {', '.join(inputs)}")
-    return files
-
-
-def _run_embed(args: argparse.Namespace) -> int:
-    files = _expand_inputs(args.inputs)
-    model, processor = load_pretrained(
-        args.model, "features", _processor_overrides(args), local_files_only=args.local_files_only
-    )
-    embeddings = embed_files(
-        model,
-        processor,
-        files,
-        pooling=args.pooling,
-        batch_size=args.batch_size,
-        bands=args.bands,
-        precision=args.precision,
-        device=args.device,
-        progress=not args.quiet,
-    )
-    save_embeddings(args.output, embeddings, files)
-    print(f"{args.output}: {len(embeddings)} {args.pooling} embeddings of shape {tuple(embeddings[0].shape)}")
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``di3cl predict`` and ``di3cl embed`` to the ``di3cl`` command line."""
-    formatter = argparse.RawDescriptionHelpFormatter
-    predict = subparsers.add_parser(
-        "predict",
-        help="segment a whole SAR scene (any size) into a georeferenced GeoTIFF",
-        description=(
-            "Segment a SAR scene of any size tile by tile (overlapping tiles, smooth blending, bounded\n"
-            "memory) and write a Cloud-Optimized GeoTIFF with the input's CRS and transform: a uint8 class\n"
-            "map (default) or one uint8 band per class with round(p * 254); 255 is nodata.\n"
-            "MODEL is a folder written by save_pretrained or a Hub id (from the local cache when offline)."
-        ),
-        epilog=_SAR_HELP
-        + "\nexample:\n  di3cl predict outputs/water scene_vv_vh.tif water.tif --tile-size 512 --overlap 64\n",
-        formatter_class=formatter,
-    )
-    predict.add_argument(
-        "model", metavar="MODEL", help="model folder or Hub id (DI3CLForSemanticSegmentation)"
-    )
-    predict.add_argument("input", metavar="INPUT", help="SAR scene file")
-    predict.add_argument("output", metavar="OUTPUT", help="GeoTIFF to write (appears only when complete)")
-    predict.add_argument("--tile-size", type=int, default=512, help="tile size in pixels (default 512)")
-    predict.add_argument(
-        "--overlap", type=int, default=64, help="minimum tile overlap / blending ramp (default 64)"
-    )
-    predict.add_argument(
-        "--output-type", choices=OUTPUT_TYPES, default="classes", help="class map (default) or probabilities"
-    )
-    predict.add_argument("--no-cog", action="store_true", help="plain tiled GeoTIFF instead of a COG")
-    _add_sar_arguments(predict)
-    _add_runtime_arguments(predict)
-    predict.set_defaults(func=_run_predict)
-
-    embed = subparsers.add_parser(
-        "embed",
-        help="encoder features of SAR patches to .npy or Parquet",
-        description=(
-            "Compute DI3CL encoder features of SAR patches: pooled ([D] per patch, the global average of\n"
-            "the deepest map) or dense ([D, H/32, W/32]). Writes .npy (plus NAME.files.txt listing the rows)\n"
-            "or .parquet (columns path, embedding, shape). MODEL is any DI3CL folder or Hub id."
-        ),
-        epilog=_SAR_HELP + "\nexample:\n  di3cl embed outputs/pretrain patches/ --output features.parquet\n",
-        formatter_class=formatter,
-    )
-    embed.add_argument("model", metavar="MODEL", help="model folder or Hub id (any DI3CL checkpoint)")
-    embed.add_argument("inputs", metavar="INPUT", nargs="+", help="SAR patch files or folders of them")
-    embed.add_argument("--output", "-o", required=True, help="output file ending in .npy or .parquet")
-    embed.add_argument(
-        "--pooling", choices=POOLINGS, default="pooled", help="pooled (default) or dense features"
-    )
-    _add_sar_arguments(embed)
-    _add_runtime_arguments(embed)
-    embed.set_defaults(func=_run_embed)
-
-
 __all__ = [
     "BLEND_MODES",
     "OUTPUT_NODATA",
     "OUTPUT_TYPES",
-    "POOLINGS",
-    "PRECISIONS",
     "PROBABILITY_SCALE",
     "ScenePrediction",
     "ScenePreprocessor",
+    "argmax_planes",
     "blend_weights",
-    "embed_files",
-    "load_pretrained",
+    "check_tiling",
     "predict_scene",
-    "register_cli",
-    "resolve_autocast_dtype",
-    "save_embeddings",
     "tile_starts",
 ]
