@@ -42,7 +42,7 @@ import torch
 from di3cl_hf.atomic import write_json
 from di3cl_hf.configuration_di3cl import DI3CLConfig
 from di3cl_hf.modeling_di3cl import DI3CLForPreTraining, DI3CLForSemanticSegmentation
-from di3cl_hf.runtime import autocast_dtype, native_bf16, resolve_precision
+from di3cl_hf.runtime import autocast_dtype, cpu_model, native_bf16, resolve_precision
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -108,27 +108,6 @@ def is_oom(error: BaseException) -> bool:
     if isinstance(error, torch.OutOfMemoryError):
         return True
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
-def cpu_flags(
-    names: Sequence[str] = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"),
-) -> dict[str, bool]:
-    """Which of ``names`` the CPU reports in ``/proc/cpuinfo`` (all False where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return {name: name in flags for name in names}
 
 
 def release_memory(device: torch.device) -> None:
@@ -358,14 +337,14 @@ def scene_throughput(
 
 
 def run_gpu_tests(timeout_s: float = 300.0) -> dict[str, Any]:
-    """``pytest -m gpu tests/test_gpu.py`` in a subprocess: return code, summary line and the time taken."""
+    """``pytest -m gpu tests`` in a subprocess: return code, summary line and the time taken."""
     command = [
         sys.executable,
         "-m",
         "pytest",
         "-m",
         "gpu",
-        "tests/test_gpu.py",
+        "tests",  # every gpu-marked test (tests/test_gpu.py, the pinned-memory test in test_inference.py, ...)
         "-q",
         "-rs",
         "-p",

@@ -19,6 +19,7 @@ from transformers.processing_utils import ImagesKwargs
 from .radiometry import (
     DEFAULT_DB_RANGE,
     RADIOMETRY_KINDS,
+    check_kind,
     clip_range,
     match_channels,
     resolve_kind,
@@ -42,6 +43,8 @@ class DI3CLImageProcessorKwargs(ImagesKwargs, total=False):
 
     num_channels: int
     input_kind: str
+    bands: Sequence[int | str] | None
+    band_names: Sequence[str | None] | None
     db_range: Sequence[float]
     clip_percentiles: Sequence[float] | None
     calibration_db: float | None
@@ -59,27 +62,46 @@ class DI3CLImageProcessor(BaseImageProcessor):
 
     Accepted inputs (single image or list, or a batched 4-D array/tensor):
 
-    - numpy arrays / torch tensors, [H, W], [C, H, W] or [H, W, C], C in {1, 2} (VV, VH), of any
-      radiometry (float dB / intensity / amplitude, integer DN, complex SLC); ``uint8`` arrays with
-      3 or 4 channels are RGB(A) images. Layout rule for 3-D arrays: ``input_data_format``
+    - numpy arrays / torch tensors, [H, W], [C, H, W] or [H, W, C], C in {1, 2} (VV, VH) or
+      ``num_channels``, of any radiometry (float dB / intensity / amplitude, integer DN, complex
+      SLC); ``uint8`` arrays with 3 or 4 channels are RGB(A) images. More bands (quad-pol HH, HV,
+      VH, VV, ...) are reduced with ``bands``. Layout rule for 3-D arrays: ``input_data_format``
       ("channels_first" / "channels_last") if given; else channels-first when the first axis is at
       most 4 long and the last is longer, channels-last when the last axis is at most 4 long and the
       first is longer, and channels-first when both are at most 4 (tiny images).
     - PIL images: "L" (8-bit) -> dn8, "I;16" / "I" -> dn16, "F" -> float (auto); any other mode
       (RGB from ``transformers.pipeline``'s ``load_image``, RGBA, P, ...) is converted to RGB.
 
-    Channel rules: 8-bit RGB -> grey = mean of R, G, B, treated as ``"dn8"`` whatever
-    ``input_kind`` says (an 8-bit image is always a display quicklook); ``uint8`` input is always
-    ``"dn8"`` and complex input always ``"complex"``; 1 band into a 2-channel model -> the band is
-    replicated (VV used as VH); 2 bands into a 1-channel model -> the first band (VV); 3-channel
-    models (the release's layout) get VV replicated 3 times.
+    Radiometry rules: the declared ``input_kind`` (per call, else the processor's) is applied to
+    every dtype it fits (``radiometry.allowed_kinds``): ``uint8`` SAR arrays declared
+    ``"amplitude"`` / ``"intensity"`` / ``"db"`` are converted as declared (``"auto"``: dn8);
+    16-bit DN declared ``"amplitude"`` / ``"intensity"`` too (``"auto"``: dn16); complex SLC
+    takes only ``"complex"``; a kind that does not fit the dtype raises a ``ValueError`` naming the
+    dtype and the allowed kinds. 8-bit RGB(A) *images* (PIL colour images, what pipelines hand
+    over, and ``uint8`` arrays of 3 or 4 channels) are display images: ``"dn8"`` per channel; the
+    processor's default kind does not apply to them and a per-call kind other than ``"auto"`` /
+    ``"dn8"`` is refused.
+
+    Channel rules: 8-bit RGB -> grey = mean of R, G, B for 1- and 2-channel models; a 3-channel
+    model keeps R, G, B (a Pauli RGB composite: dn8 per channel). 1 band into a 2-channel model ->
+    the band is replicated (VV used as VH); 2 bands into a 1-channel model -> the first band (VV);
+    3-channel models get VV replicated 3 times from 1- or 2-band input; an input with exactly
+    ``num_channels`` bands is used as is.
+
+    Band choice (``bands``): 1-based indexes (``bands=(1, 2)``) or names (``bands=("VV", "VH")``,
+    matched case-insensitively against the ``band_names`` given with the input, e.g. a dataset row's
+    ``band_names`` or a GeoTIFF's band descriptions). Bands are picked from inputs that have a
+    different band count than ``bands`` or come with ``band_names``; an input with exactly
+    ``len(bands)`` bands and no names is taken as already chosen (a file read with those bands).
 
     Args:
         num_channels (`int`, *optional*, defaults to 2):
             Channels of the model input: 1 (VV), 2 (VV, VH) or 3 (the release's replicated grey).
         input_kind (`str`, *optional*, defaults to `"auto"`):
-            Radiometric kind of float / integer inputs: one of ``"auto"``, ``"db"``, ``"intensity"``,
-            ``"amplitude"``, ``"dn8"``, ``"dn16"``, ``"complex"``.
+            Radiometric kind of the inputs: one of ``"auto"``, ``"db"``, ``"intensity"``,
+            ``"amplitude"``, ``"dn8"``, ``"dn16"``, ``"complex"`` (see the radiometry rules above).
+        bands (`list[int | str]`, *optional*):
+            Bands to use from multi-band inputs, by 1-based index or by name (see above).
         db_range (`tuple[float, float]`, *optional*, defaults to `(-30.0, 5.0)`):
             Clipping range in dB (also the range 8-bit values map onto).
         clip_percentiles (`tuple[float, float]`, *optional*):
@@ -125,6 +147,7 @@ class DI3CLImageProcessor(BaseImageProcessor):
         clip_percentiles: Sequence[float] | None = None,
         calibration_db: float | None = None,
         nodata_value: float | None = None,
+        bands: Sequence[int | str] | None = None,
         do_resize: bool = False,
         size: int | dict[str, int] | None = None,
         do_normalize: bool = True,
@@ -149,6 +172,7 @@ class DI3CLImageProcessor(BaseImageProcessor):
                 raise ValueError(f"clip_percentiles must be (low, high) in [0, 100], got {clip_percentiles}")
         self.num_channels = int(num_channels)
         self.input_kind = input_kind
+        self.bands = self._check_bands(bands)
         self.db_range = db_range
         self.clip_percentiles = clip_percentiles
         self.calibration_db = None if calibration_db is None else float(calibration_db)
@@ -170,6 +194,63 @@ class DI3CLImageProcessor(BaseImageProcessor):
         self.return_valid_mask = bool(return_valid_mask)
 
     # ------------------------------------------------------------------ settings helpers
+    @staticmethod
+    def _check_bands(bands: Sequence[int | str] | None) -> list[int | str] | None:
+        if bands is None:
+            return None
+        if isinstance(bands, (str, int)):
+            bands = [bands]
+        checked: list[int | str] = []
+        for band in bands:
+            if isinstance(band, str) and band.strip().lstrip("-").isdigit():
+                band = int(band)  # "2" from a command line or a JSON file
+            if isinstance(band, str) and band.strip():
+                checked.append(band.strip())
+            elif isinstance(band, (int, np.integer)) and not isinstance(band, bool) and band >= 1:
+                checked.append(int(band))
+            else:
+                raise ValueError(f"bands must be 1-based indexes or band names, got {list(bands)}")
+        if not checked:
+            raise ValueError("bands is empty; pass None to use every band")
+        return checked
+
+    def select_bands(self, array: np.ndarray, band_names: Sequence[str | None] | None = None) -> np.ndarray:
+        """The ``bands`` of a [C, H, W] array (see the class docstring); ``array`` itself without ``bands``.
+
+        Args:
+            array: [C, H, W] values.
+            band_names: One name per band of ``array`` (``None`` entries for unnamed bands), or None.
+
+        Raises:
+            ValueError: An index past the band count, a name that is not in ``band_names`` (the
+                message lists the available names), or names without ``band_names``.
+        """
+        if self.bands is None:
+            return array
+        count = array.shape[0]
+        if band_names is None and count == len(self.bands):
+            return array  # already chosen (a file read with these bands)
+        if band_names is not None and len(band_names) != count:
+            raise ValueError(f"{len(band_names)} band names for an input with {count} bands")
+        lookup = {str(n).strip().lower(): i for i, n in enumerate(band_names or ()) if n}
+        indexes = []
+        for band in self.bands:
+            if isinstance(band, int):
+                if band > count:
+                    raise ValueError(f"band {band} requested but the input has {count} band(s) (1-based)")
+                indexes.append(band - 1)
+            elif not lookup:
+                raise ValueError(
+                    f"band {band!r} chosen by name but the input's bands have no names; pass band_names= "
+                    f"with the input, or choose by 1-based index (1..{count})"
+                )
+            elif band.lower() not in lookup:
+                available = ", ".join(str(n) for n in band_names or () if n)
+                raise ValueError(f"band {band!r} not found; the input's bands are: {available}")
+            else:
+                indexes.append(lookup[band.lower()])
+        return array[indexes]
+
     def _default_statistics(self) -> tuple[list[float], list[float]]:
         if self.num_channels == 3:
             return list(IMAGENET_MEAN), list(IMAGENET_STD)
@@ -191,43 +272,60 @@ class DI3CLImageProcessor(BaseImageProcessor):
         return values
 
     # ------------------------------------------------------------------ input layout
-    def _to_chw_array(self, image: Any, input_data_format: str | None) -> tuple[np.ndarray, str | None]:
-        """Return ([C, H, W] array, forced kind or None) for one input image."""
+    def _to_chw_array(
+        self, image: Any, input_data_format: str | None, band_names: Sequence[str | None] | None = None
+    ) -> tuple[np.ndarray, bool]:
+        """Return ([C, H, W] array, whether it is an 8-bit colour image) for one input image."""
         if isinstance(image, Image.Image):
             if image.mode in ("L", "I;16", "I;16B", "I;16L", "I", "F"):
                 array = np.asarray(image)
-            else:
-                array = np.asarray(image.convert("RGB"))
-            array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+                return (array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)), False
+            rgb = np.moveaxis(np.asarray(image.convert("RGB")), -1, 0)
+            return self._colour(rgb), True
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu()
+            if image.dtype == torch.bfloat16 or image.dtype == torch.float16:
+                image = image.float()
+            image = image.numpy()
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = array[None]
+        elif array.ndim == 3:
+            array = self._channels_first(array, input_data_format)
         else:
-            if isinstance(image, torch.Tensor):
-                image = image.detach().cpu()
-                if image.dtype == torch.bfloat16 or image.dtype == torch.float16:
-                    image = image.float()
-                image = image.numpy()
-            array = np.asarray(image)
-            if array.ndim == 2:
-                array = array[None]
-            elif array.ndim == 3:
-                array = self._channels_first(array, input_data_format)
-            else:
-                raise ValueError(
-                    f"expected an image of shape [H, W], [C, H, W] or [H, W, C], got {array.shape}"
-                )
+            raise ValueError(f"expected an image of shape [H, W], [C, H, W] or [H, W, C], got {array.shape}")
         if array.dtype == np.bool_:
             raise ValueError("boolean arrays are masks, not SAR images")
-        if array.dtype == np.uint8:
-            if array.shape[0] in (3, 4):
-                array = array[:3].astype(np.float32).mean(axis=0, keepdims=True)
-            return array, "dn8"
-        if np.iscomplexobj(array):
-            return array, "complex"
-        if array.shape[0] not in (1, 2):
+        if self.bands is not None:
+            array = self.select_bands(array, band_names)
+        elif array.dtype == np.uint8 and array.shape[0] in (3, 4) and array.shape[0] != self.num_channels:
+            return self._colour(array), True
+        if array.shape[0] not in (1, 2, self.num_channels):
             raise ValueError(
                 f"image with {array.shape[0]} bands (shape {tuple(array.shape)}): expected 1 or 2 SAR bands "
-                "(VV, VH), or an 8-bit RGB image"
+                f"(VV, VH), {self.num_channels} (the model's channels) or an 8-bit RGB image; choose bands "
+                'with bands=("VV", "VH") or bands=(1, 2)'
             )
-        return array, None
+        return array, False
+
+    def _colour(self, rgba: np.ndarray) -> np.ndarray:
+        """An 8-bit RGB(A) image [3|4, H, W]: R, G, B for a 3-channel model, else their mean (grey)."""
+        if self.num_channels == 3:
+            return rgba[:3]
+        return rgba[:3].astype(np.float32).mean(axis=0, keepdims=True)
+
+    def _kind(self, array: np.ndarray, colour: bool, input_kind: str | None) -> str:
+        """The declared kind for ``array``: per call, else the processor's; ``"dn8"`` for colour images."""
+        if colour:
+            if input_kind not in (None, "auto", "dn8"):
+                raise ValueError(
+                    f"input kind {input_kind!r} does not apply to an 8-bit RGB(A) image (display values, "
+                    "read as 'dn8' per channel); pass 'auto' or 'dn8', or the SAR values as an array"
+                )
+            return "dn8"
+        kind = input_kind or self.input_kind
+        check_kind(array.dtype, kind)
+        return kind
 
     @staticmethod
     def _channels_first(array: np.ndarray, input_data_format: str | None) -> np.ndarray:
@@ -256,20 +354,26 @@ class DI3CLImageProcessor(BaseImageProcessor):
 
     # ------------------------------------------------------------------ single-array path
     def sar_to_db(
-        self, array_chw: np.ndarray, valid_mask: np.ndarray | None = None, input_kind: str | None = None
+        self,
+        array_chw: np.ndarray,
+        valid_mask: np.ndarray | None = None,
+        input_kind: str | None = None,
+        band_names: Sequence[str | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Convert one SAR array to dB with the model's channel count.
 
         Args:
-            array_chw: [C, H, W] or [H, W] SAR values (C in {1, 2}; uint8 RGB(A) also accepted).
+            array_chw: [C, H, W] or [H, W] SAR values (C in {1, 2}, ``num_channels``, or more with
+                ``bands``; uint8 RGB(A) also accepted).
             valid_mask: Optional bool [H, W] of known-valid pixels.
             input_kind: Override of ``self.input_kind`` for this call.
+            band_names: Names of the bands of ``array_chw`` (for ``bands`` chosen by name).
 
         Returns:
             ``(db, valid)``: float32 [num_channels, H, W] (NaN where invalid) and bool [H, W].
         """
-        array, forced_kind = self._to_chw_array(array_chw, "channels_first")
-        return self._chw_to_db(array, forced_kind or (input_kind or self.input_kind), valid_mask)
+        array, colour = self._to_chw_array(array_chw, "channels_first", band_names)
+        return self._chw_to_db(array, self._kind(array, colour, input_kind), valid_mask)
 
     def _chw_to_db(
         self, array: np.ndarray, kind: str, valid_mask: np.ndarray | None
@@ -325,18 +429,22 @@ class DI3CLImageProcessor(BaseImageProcessor):
         return unit.numpy() if is_numpy else unit
 
     def sar_to_pixel_values(
-        self, array_chw: np.ndarray, valid_mask: np.ndarray | None = None
+        self,
+        array_chw: np.ndarray,
+        valid_mask: np.ndarray | None = None,
+        band_names: Sequence[str | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The single-array path used by data loading and scene inference (no resize).
 
         Args:
-            array_chw: [C, H, W] or [H, W] SAR values of any radiometry (C in {1, 2}).
+            array_chw: [C, H, W] or [H, W] SAR values of any radiometry (see :meth:`sar_to_db`).
             valid_mask: Optional bool [H, W] of pixels known to be valid.
+            band_names: Names of the bands of ``array_chw`` (for ``bands`` chosen by name).
 
         Returns:
             ``(pixel_values, valid)``: float32 [num_channels, H, W], invalid pixels 0; bool [H, W].
         """
-        db, valid = self.sar_to_db(array_chw, valid_mask)
+        db, valid = self.sar_to_db(array_chw, valid_mask, band_names=band_names)
         low, high = self.clip_bounds(db, valid)
         pixel_values = self.db_to_pixel_values(db, low, high)
         pixel_values[:, ~valid] = 0.0
@@ -380,6 +488,7 @@ class DI3CLImageProcessor(BaseImageProcessor):
         size: int | dict[str, int] | None = None,
         input_data_format: str | None = None,
         return_valid_mask: bool | None = None,
+        band_names: Sequence[str | None] | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Process one image or a batch into ``pixel_values`` float32 [B, C, H, W].
@@ -393,6 +502,7 @@ class DI3CLImageProcessor(BaseImageProcessor):
             size: Override of ``self.size``.
             input_data_format: ``"channels_first"`` / ``"channels_last"`` for 3-D arrays.
             return_valid_mask: Override of ``self.return_valid_mask``.
+            band_names: Names of the input bands (the same for every image), for ``bands`` by name.
 
         Returns:
             ``BatchFeature`` with ``pixel_values`` (and ``valid_mask`` if asked for).
@@ -421,8 +531,8 @@ class DI3CLImageProcessor(BaseImageProcessor):
 
         pixel_values, valid_masks = [], []
         for image, mask in zip(image_list, masks):
-            array, forced_kind = self._to_chw_array(image, input_data_format)
-            kind = forced_kind or (input_kind or self.input_kind)
+            array, colour = self._to_chw_array(image, input_data_format, band_names)
+            kind = self._kind(array, colour, input_kind)
             mask = None if mask is None else np.asarray(mask, dtype=bool)
             values, valid = self._array_to_pixel_values(array, kind, mask, size if do_resize else None)
             pixel_values.append(values)

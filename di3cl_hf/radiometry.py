@@ -26,9 +26,21 @@ Radiometric kinds (``RADIOMETRY_KINDS``):
   ``dB = 20 log10(DN) - calibration_db`` where ``calibration_db`` defaults to
   ``DEFAULT_DN16_CALIBRATION_DB`` (60 dB, i.e. a nominal calibration constant of 1000). For absolute
   values pass ``20 log10(A)`` of the product's calibration constant ``A``.
-- ``"dn8"``: 8-bit display values (the release's 8-bit grey PNGs, photos from pipelines). They are
-  already-scaled quicklooks of dB data, so they map *linearly* onto ``db_range``:
-  ``dB = lo + DN / 255 * (hi - lo)``; scaling with the same fixed range recovers ``DN / 255`` exactly.
+- ``"dn8"``: 8-bit display values (the release's 8-bit grey PNGs, photos from pipelines, and 8-bit
+  colour composites such as a Pauli RGB, each band separately). They are already-scaled quicklooks
+  of dB data, so they map *linearly* onto ``db_range``: ``dB = lo + DN / 255 * (hi - lo)``; scaling
+  with the same fixed range recovers ``DN / 255`` exactly.
+
+Declared kinds per dtype (:func:`allowed_kinds`; anything else raises a ``ValueError`` naming the
+dtype and the kinds it allows):
+
+- complex (SLC): only ``"complex"`` (the amplitude of ``z`` is ``|z|``; "amplitude" or "intensity"
+  would be a different, lossy reading of the same values);
+- ``uint8``: ``"dn8"`` (the default), or ``"amplitude"``, ``"intensity"``, ``"db"``, ``"dn16"``
+  (8-bit values that are physical quantities are converted as declared);
+- other integers (``uint16``, ``int16``, ...): ``"dn16"`` (the default), ``"amplitude"``,
+  ``"intensity"``, ``"db"`` (``"dn8"`` is for 8-bit display values only);
+- floats: every real kind (``"dn8"`` / ``"dn16"`` for digital numbers stored as floats).
 
 Auto-detection rule (``kind="auto"``), applied in this order:
 
@@ -40,8 +52,10 @@ Auto-detection rule (``kind="auto"``), applied in this order:
    tiny negatives left by noise subtraction); otherwise -> ``"intensity"``. Amplitude cannot be told
    apart from intensity by value and must be declared. An array with no valid pixel -> ``"db"``.
 
-Bands: 1 (VV, or any single polarisation) or 2 (VV, VH, in that order). Anything else raises a
-``ValueError`` naming what was expected.
+Bands: the conversion (:func:`to_db`, :func:`clip_range`, :func:`scale_to_unit`) works band by band
+on any band count (VV; VV, VH; quad-pol HH, HV, VH, VV; a Pauli RGB composite). Adapting to a model
+(:func:`match_channels`) takes 1 or 2 bands (VV, VH) or exactly the model's channel count; anything
+else raises a ``ValueError`` naming what was expected.
 """
 
 from __future__ import annotations
@@ -79,6 +93,45 @@ def check_band_count(array: np.ndarray, name: str = "array") -> None:
         raise ValueError(f"{name}: {bands} bands, expected 1 or 2 (VV, VH)")
 
 
+def allowed_kinds(dtype: np.dtype | str) -> tuple[str, ...]:
+    """The radiometric kinds that can be declared for values of ``dtype`` (``"auto"`` first).
+
+    See the module docstring: complex -> complex only; ``uint8`` -> dn8 or a physical kind; other
+    integers -> dn16 or a physical kind; floats -> every real kind; booleans -> none (masks, not SAR).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        return ("auto", "complex")
+    if dtype.kind == "b":
+        return ()
+    if dtype == np.uint8:
+        return ("auto", "dn8", "amplitude", "intensity", "db", "dn16")
+    if dtype.kind in "iu":
+        return ("auto", "dn16", "amplitude", "intensity", "db")
+    return ("auto", "db", "intensity", "amplitude", "dn16", "dn8")
+
+
+def check_kind(dtype: np.dtype | str, kind: str) -> None:
+    """Raise a ``ValueError`` unless radiometric ``kind`` can be declared for values of ``dtype``."""
+    if kind not in RADIOMETRY_KINDS:
+        raise ValueError(f"unknown radiometry kind {kind!r}, expected one of {RADIOMETRY_KINDS}")
+    dtype = np.dtype(dtype)
+    allowed = allowed_kinds(dtype)
+    if not allowed:
+        raise ValueError(f"{dtype} array is a mask, not SAR data")
+    if kind not in allowed:
+        if dtype.kind == "c":
+            why = " (complex SLC values: the amplitude is |z|, declare 'complex' or 'auto')"
+        elif kind == "complex":
+            why = " (a real dtype, not complex)"
+        else:
+            why = " ('dn8' is for 8-bit display values)"
+        raise ValueError(
+            f"input kind {kind!r} does not apply to {dtype} data{why}; kinds allowed for {dtype}: "
+            + ", ".join(allowed)
+        )
+
+
 def resolve_kind(array: np.ndarray, kind: str = "auto", valid_mask: np.ndarray | None = None) -> str:
     """Return the radiometric kind of ``array``: ``kind`` if declared, else the detected one.
 
@@ -93,27 +146,19 @@ def resolve_kind(array: np.ndarray, kind: str = "auto", valid_mask: np.ndarray |
         One of ``"db"``, ``"intensity"``, ``"amplitude"``, ``"dn8"``, ``"dn16"``, ``"complex"``.
 
     Raises:
-        ValueError: For an unknown kind, or a declared kind that contradicts the dtype (complex
-            values declared as anything but ``"complex"``, or real values declared ``"complex"``).
+        ValueError: For an unknown kind, or a declared kind that does not apply to the dtype (see
+            :func:`allowed_kinds`; the message names the dtype and the kinds it allows).
     """
-    if kind not in RADIOMETRY_KINDS:
-        raise ValueError(f"unknown radiometry kind {kind!r}, expected one of {RADIOMETRY_KINDS}")
     array = np.asarray(array)
-    is_complex = np.iscomplexobj(array)
+    check_kind(array.dtype, kind)
     if kind != "auto":
-        if is_complex and kind != "complex":
-            raise ValueError(f"complex-valued array declared as {kind!r}; declare 'complex' or 'auto'")
-        if kind == "complex" and not is_complex:
-            raise ValueError(f"array declared 'complex' has real dtype {array.dtype}")
         return kind
-    if is_complex:
+    if np.iscomplexobj(array):
         return "complex"
     if array.dtype == np.uint8:
         return "dn8"
     if np.issubdtype(array.dtype, np.integer):
         return "dn16"
-    if array.dtype == np.bool_:
-        raise ValueError("boolean array is not SAR data")
     values = _as_chw(array)
     if valid_mask is not None:
         values = values[:, np.asarray(valid_mask, dtype=bool)]
@@ -143,7 +188,7 @@ def to_db(
     Invalid pixels hold NaN in the returned dB array.
 
     Args:
-        array: SAR values, [C, H, W] or [H, W], C in {1, 2} (VV, VH).
+        array: SAR values, [C, H, W] or [H, W], any band count (converted band by band).
         kind: One of ``RADIOMETRY_KINDS`` (``"auto"`` detects, see the module docstring).
         nodata: Value marking missing pixels (compared before conversion), or None.
         valid_mask: Optional bool [H, W] of pixels already known to be valid (e.g. from the file's mask).
@@ -155,10 +200,11 @@ def to_db(
         ``(db, valid)``: float32 [C, H, W] backscatter in dB (NaN where invalid) and bool [H, W].
 
     Raises:
-        ValueError: On a wrong shape or band count, or an unknown / contradictory kind.
+        ValueError: On a wrong shape, or an unknown kind / one that does not apply to the dtype.
     """
     chw = _as_chw(array)
-    check_band_count(chw)
+    if chw.shape[0] == 0:
+        raise ValueError(f"array of shape {tuple(chw.shape)} has no band")
     if valid_mask is not None:
         valid_mask = np.asarray(valid_mask, dtype=bool)
         if valid_mask.shape != chw.shape[1:]:
@@ -279,20 +325,23 @@ def unit_to_db(unit: np.ndarray | float, low: np.ndarray | float, high: np.ndarr
 
 
 def match_channels(array: np.ndarray, num_channels: int) -> np.ndarray:
-    """Adapt a [C, H, W] SAR array (C in {1, 2}: VV, VH) to a model's channel count.
+    """Adapt a [C, H, W] SAR array to a model's channel count.
 
+    - as many bands as channels (e.g. a 3-band Pauli RGB into a 3-channel model): unchanged.
     - 1 band into 2 channels: the band is replicated (VV used as VH).
     - 2 bands into 1 channel: the first band (VV) is kept.
-    - any into 3 channels (the release's replicated grey): the first band (VV) replicated 3 times.
+    - 1 or 2 bands into 3 channels (the release's replicated grey): the first band (VV) replicated 3 times.
 
     Args:
-        array: [C, H, W] with C in {1, 2}.
+        array: [C, H, W] with C in {1, 2} or C == ``num_channels``.
         num_channels: 1, 2 or 3.
 
     Returns:
         [num_channels, H, W] (a view or copy of ``array``).
+
+    Raises:
+        ValueError: Another band count (choose bands first, e.g. ``bands=("VV", "VH")``).
     """
-    check_band_count(array)
     if num_channels not in (1, 2, 3):
         raise ValueError(
             f"num_channels must be 1 (VV), 2 (VV, VH) or 3 (replicated grey), got {num_channels}"
@@ -300,6 +349,11 @@ def match_channels(array: np.ndarray, num_channels: int) -> np.ndarray:
     bands = array.shape[0]
     if bands == num_channels:
         return array
+    if bands not in (1, 2):
+        raise ValueError(
+            f"{bands} bands, expected 1 or 2 (VV, VH) or {num_channels} for a {num_channels}-channel "
+            'model; choose bands by name or 1-based index, e.g. bands=("VV", "VH") or bands=(1, 2)'
+        )
     if num_channels == 1:
         return array[:1]
     if num_channels == 2:
@@ -322,7 +376,7 @@ def sar_to_unit(
     """The whole radiometric chain: any SAR encoding -> clipped dB -> [0, 1], with validity mask.
 
     Args:
-        array: SAR values, [C, H, W] or [H, W], C in {1, 2}.
+        array: SAR values, [C, H, W] or [H, W] (C in {1, 2}, or ``num_channels``).
         kind: Radiometric kind or ``"auto"``.
         nodata: Nodata value, or None.
         valid_mask: Optional bool [H, W].
@@ -351,7 +405,9 @@ __all__ = [
     "DEFAULT_DB_RANGE",
     "DEFAULT_DN16_CALIBRATION_DB",
     "RADIOMETRY_KINDS",
+    "allowed_kinds",
     "check_band_count",
+    "check_kind",
     "clip_range",
     "match_channels",
     "resolve_kind",

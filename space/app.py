@@ -14,26 +14,39 @@ Models are looked up per task (``landcover``, ``water``, ``roads``), first match
 4. ``../outputs/demo/models/<task>`` (what ``make demo`` writes in a checkout).
 
 ``DI3CL_MODEL_ENCODER`` optionally names a pre-trained encoder for the feature view (default: the
-encoder of the first task model found). Limits: ``DI3CL_SPACE_MAX_FILE_SIZE`` (upload size, default
-``100mb``), ``DI3CL_SPACE_MAX_PIXELS`` (largest accepted raster, default 25 Mpx) and
+encoder of the first task model found).
+
+Limits (environment variables; every refusal is a message, decided from the file header before any
+pixel is read): ``DI3CL_SPACE_MAX_FILE_SIZE`` (upload size, default ``100mb``),
+``DI3CL_SPACE_MAX_PIXELS`` (largest accepted raster, default 25 Mpx), ``DI3CL_SPACE_MAX_SIDE``
+(longest side, default 10,000 px), ``DI3CL_SPACE_MAX_ASPECT`` (longest / shortest side, default 50),
+``DI3CL_SPACE_MAX_TILES`` (model tiles per request after downscaling, default 64),
 ``DI3CL_SPACE_PREDICT_PIXELS`` (larger inputs are downscaled to about this many pixels, default
-2 Mpx); inputs larger than a tile (``DI3CL_SPACE_TILE_SIZE``, default 512 px) are predicted in
-blended tiles.
+2 Mpx; inputs larger than a tile, ``DI3CL_SPACE_TILE_SIZE``, default 512 px, are predicted in
+blended tiles), ``DI3CL_SPACE_TIME_BUDGET`` (seconds per request, default 120: the work stops between
+two model batches and the user gets a message) and ``DI3CL_SPACE_QUEUE_SIZE`` (waiting requests,
+default 16). One request runs at a time; when its client disconnects, the work stops at the next
+model batch. Every request works in its own ``di3cl-space-*`` temporary folder, removed when it ends
+(refused, failed or stopped requests too); the result GeoTIFF is handed to gradio's cache, which
+deletes files older than an hour.
 
 Run locally with ``python space/app.py`` (``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` as usual).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parent
@@ -49,15 +62,17 @@ import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
 import torch  # noqa: E402
 from affine import Affine  # noqa: E402
+from gradio.processing_utils import save_file_to_cache  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 from rasterio.errors import RasterioError  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from di3cl_hf import DI3CLForSemanticSegmentation, DI3CLImageProcessor  # noqa: E402
-from di3cl_hf.data.sario import SARFileError, open_scene, read_sar, write_geotiff  # noqa: E402
-from di3cl_hf.inference.scene import predict_scene  # noqa: E402
+from di3cl_hf.data.sario import SARFileError, SARRaster, open_scene, read_sar, write_geotiff  # noqa: E402
+from di3cl_hf.inference.scene import predict_scene, tile_starts  # noqa: E402
 from di3cl_hf.loading import load_model_and_processor  # noqa: E402
-from di3cl_hf.radiometry import RADIOMETRY_KINDS  # noqa: E402
+from di3cl_hf.radiometry import RADIOMETRY_KINDS, resolve_kind  # noqa: E402
 
 LOGGER = logging.getLogger("di3cl.space")
 transformers_logging.set_verbosity_error()
@@ -69,6 +84,13 @@ MAX_FILE_SIZE = os.environ.get("DI3CL_SPACE_MAX_FILE_SIZE", "100mb")
 MAX_PIXELS = int(os.environ.get("DI3CL_SPACE_MAX_PIXELS", 25_000_000))
 PREDICT_PIXELS = int(os.environ.get("DI3CL_SPACE_PREDICT_PIXELS", 2_000_000))
 TILE_SIZE = int(os.environ.get("DI3CL_SPACE_TILE_SIZE", 512))
+MAX_SIDE = int(os.environ.get("DI3CL_SPACE_MAX_SIDE", 10_000))
+MAX_ASPECT = float(os.environ.get("DI3CL_SPACE_MAX_ASPECT", 50))
+MAX_TILES = int(os.environ.get("DI3CL_SPACE_MAX_TILES", 64))
+TIME_BUDGET = float(os.environ.get("DI3CL_SPACE_TIME_BUDGET", 120))
+QUEUE_SIZE = int(os.environ.get("DI3CL_SPACE_QUEUE_SIZE", 16))
+WORK_DIR_PREFIX = "di3cl-space-"
+RESULT_MAX_AGE = 3600  # seconds gradio keeps a result in its cache
 OVERLAP = 64
 DISPLAY_SIDE = 1024
 NODATA = 255
@@ -96,6 +118,83 @@ PALETTE = [(228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 1
 
 class SpaceInputError(ValueError):
     """A problem with the user's file or choices; its message is shown in the UI as is."""
+
+
+class RequestStopped(Exception):
+    """The request ran past its time budget or lost its client; the message is shown in the UI."""
+
+
+# The running app (set by build_demo): its queue tells whether a request's client is still connected.
+DEMO: gr.Blocks | None = None
+
+
+def client_connected(session_hash: str | None) -> bool:
+    """False once gradio has marked the request of ``session_hash`` dead (its client disconnected).
+
+    Gradio sets ``alive = False`` on the queued events of a session whose event stream closed; a
+    synchronous handler runs on in its thread, so the work checks this between model batches.
+    """
+    queue = getattr(DEMO, "_queue", None)
+    if session_hash is None or queue is None:
+        return True
+    events = [
+        event
+        for jobs in list(getattr(queue, "active_jobs", []))
+        if jobs
+        for event in jobs
+        if getattr(event, "session_hash", None) == session_hash
+    ]
+    return not events or any(getattr(event, "alive", True) for event in events)
+
+
+@dataclass
+class Budget:
+    """The time budget and the client of one request; :meth:`check` raises once either is gone."""
+
+    deadline: float
+    session_hash: str | None = None
+
+    @classmethod
+    def start(cls, request: gr.Request | None = None) -> Budget:
+        return cls(time.monotonic() + TIME_BUDGET, getattr(request, "session_hash", None))
+
+    def check(self) -> None:
+        if not client_connected(self.session_hash):
+            raise RequestStopped("The client disconnected; the request was stopped.")
+        if time.monotonic() > self.deadline:
+            raise RequestStopped(
+                f"This request took longer than the demo's {TIME_BUDGET:.0f} s budget and was stopped; "
+                "try a smaller crop, or run `di3cl predict` locally, which has no time limit"
+            )
+
+
+class BudgetedModel(torch.nn.Module):
+    """A segmentation model that checks the request's :class:`Budget` before every batch."""
+
+    def __init__(self, model: torch.nn.Module, budget: Budget) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.budget = budget
+
+    def forward(self, pixel_values: torch.Tensor, *args, **kwargs):
+        self.budget.check()
+        return self.model(pixel_values, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def work_folder() -> Iterator[Path]:
+    """A ``di3cl-space-*`` temporary folder for one request, removed however the request ends."""
+    folder = Path(tempfile.mkdtemp(prefix=WORK_DIR_PREFIX))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def keep_result(path: Path) -> str:
+    """Copy a result out of the request's folder into gradio's cache (served from there, aged out)."""
+    return save_file_to_cache(path, get_upload_folder())
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -154,9 +253,9 @@ def load_encoder() -> tuple[torch.nn.Module, DI3CLImageProcessor]:
 
 @dataclass
 class PreparedInput:
-    """The uploaded raster, possibly downscaled, ready for prediction."""
+    """The uploaded raster, possibly downscaled, ready for prediction (in memory: nothing is re-written)."""
 
-    path: Path  # file handed to predict_scene (the upload itself, or a downscaled copy)
+    raster: SARRaster  # handed to predict_scene as an in-memory source
     array: np.ndarray  # [C, H, W] as read (after downscaling)
     valid: np.ndarray  # [H, W]
     crs: object
@@ -169,8 +268,52 @@ def _readable(error: Exception, path: Path, name: str) -> str:
     return str(error).replace(str(path), name).replace(str(path.parent), "").strip()
 
 
+def downscale_factor(height: int, width: int) -> int:
+    """Keep 1 pixel in this many along each axis to bring the input to about ``PREDICT_PIXELS``."""
+    pixels = height * width
+    return math.ceil(math.sqrt(pixels / PREDICT_PIXELS)) if pixels > PREDICT_PIXELS else 1
+
+
+def tiling(height: int, width: int) -> tuple[int, int, int]:
+    """``(tile size, overlap, number of tiles)`` of the prediction of a ``height`` x ``width`` input."""
+    tile = _tile_size(height, width)
+    overlap = min(OVERLAP, tile // 4)
+    return tile, overlap, len(tile_starts(height, tile, overlap)) * len(tile_starts(width, tile, overlap))
+
+
+def check_dimensions(height: int, width: int, name: str) -> None:
+    """Refuse a raster whose size, side, shape or tile count is beyond the demo's limits (header only).
+
+    Raises:
+        SpaceInputError: With the limit that was exceeded and what to do instead.
+    """
+    local = "crop it, or run `di3cl predict` locally, which handles scenes of any size"
+    if max(height, width) > MAX_SIDE:
+        raise SpaceInputError(
+            f"{name}: {width} x {height} pixels; this demo accepts at most {MAX_SIDE} pixels per side; {local}"
+        )
+    if max(height, width) > MAX_ASPECT * min(height, width):
+        raise SpaceInputError(
+            f"{name}: {width} x {height} pixels is a strip ({max(height, width) / min(height, width):.0f}:1); "
+            f"this demo accepts sides at most {MAX_ASPECT:.0f} times longer than the other; {local}"
+        )
+    if height * width > MAX_PIXELS:
+        raise SpaceInputError(
+            f"{name}: {width} x {height} pixels is more than this demo accepts ({MAX_PIXELS / 1e6:.0f} Mpx); {local}"
+        )
+    factor = downscale_factor(height, width)
+    tiles = tiling(math.ceil(height / factor), math.ceil(width / factor))[2]
+    if tiles > MAX_TILES:
+        raise SpaceInputError(
+            f"{name}: {width} x {height} pixels would take {tiles} model tiles; this demo runs at most "
+            f"{MAX_TILES} per request; {local}"
+        )
+
+
 def prepare_input(path: Path, name: str, work_dir: Path) -> PreparedInput:
     """Check and read an uploaded file; downscale it (every k-th pixel) above ``PREDICT_PIXELS``.
+
+    The size limits (:func:`check_dimensions`) are checked from the header, before any pixel is read.
 
     Raises:
         SpaceInputError: unsupported type, unreadable, wrong band count or too large.
@@ -186,11 +329,7 @@ def prepare_input(path: Path, name: str, work_dir: Path) -> PreparedInput:
             height, width, bands = scene.height, scene.width, scene.count
         if bands not in (1, 2) and not (path.suffix.lower() in (".png", ".jpg", ".jpeg") and bands in (3, 4)):
             raise SpaceInputError(f"{name}: {bands} bands, expected 1 (VV) or 2 (VV, VH)")
-        if height * width > MAX_PIXELS:
-            raise SpaceInputError(
-                f"{name}: {width} x {height} pixels is more than this demo accepts ({MAX_PIXELS / 1e6:.0f} Mpx); "
-                "crop it, or run `di3cl predict` locally, which handles scenes of any size"
-            )
+        check_dimensions(height, width, name)
         raster = read_sar(path)
     except SpaceInputError:
         raise
@@ -201,10 +340,10 @@ def prepare_input(path: Path, name: str, work_dir: Path) -> PreparedInput:
     if not raster.valid_mask.any():
         raise SpaceInputError(f"{name}: every pixel is nodata / NaN")
     notes: list[str] = []
-    array, valid, transform, target = raster.array, raster.valid_mask, raster.transform, path
+    array, valid, transform = raster.array, raster.valid_mask, raster.transform
     pixels = raster.height * raster.width
     if pixels > PREDICT_PIXELS:
-        factor = math.ceil(math.sqrt(pixels / PREDICT_PIXELS))
+        factor = downscale_factor(raster.height, raster.width)
         array, valid = array[:, ::factor, ::factor], valid[::factor, ::factor]
         if transform is not None:
             transform = transform @ Affine.scale(factor)
@@ -214,18 +353,11 @@ def prepare_input(path: Path, name: str, work_dir: Path) -> PreparedInput:
             f"to {array.shape[2]} x {array.shape[1]} px before prediction; the GeoTIFF's pixel size is "
             f"{factor}x the input's. `di3cl predict` runs full resolution."
         )
-        array = np.ascontiguousarray(array)
-        if np.issubdtype(array.dtype, np.floating) or np.iscomplexobj(array):
-            array = array.copy()
-            array[:, ~valid] = np.nan
-            nodata = float("nan")
-        else:
-            nodata = raster.nodata
-        target = work_dir / "input_downscaled.tif"
-        write_geotiff(target, array, crs=raster.crs, transform=transform, nodata=nodata)
+        array, valid = np.ascontiguousarray(array), np.ascontiguousarray(valid)
+        raster = replace(raster, array=array, valid_mask=valid, transform=transform)
     if raster.crs is None:
         notes.append("The input has no georeferencing, so neither has the output GeoTIFF.")
-    return PreparedInput(target, array, valid, raster.crs, transform, notes)
+    return PreparedInput(raster, array, valid, raster.crs, transform, notes)
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -300,20 +432,27 @@ def _tile_size(height: int, width: int) -> int:
     return min(TILE_SIZE, 32 * math.ceil(max(height, width) / 32))
 
 
-def run_segmentation(task: str, prepared: PreparedInput, radiometry: str, work_dir: Path, stem: str):
+def run_segmentation(
+    task: str,
+    prepared: PreparedInput,
+    radiometry: str,
+    work_dir: Path,
+    stem: str,
+    budget: Budget | None = None,
+):
     model, processor = load_task_model(task)
     if radiometry != "auto":
         processor = DI3CLImageProcessor.from_dict({**processor.to_dict(), "input_kind": radiometry})
     height, width = prepared.array.shape[1:]
-    tile = _tile_size(height, width)
+    tile, overlap, _ = tiling(height, width)
     output = work_dir / f"{stem}_{task}.tif"
-    summary = predict_scene(
-        model,
-        prepared.path,
-        output,
+    summary = predict_scene(  # in memory: the upload is not re-read, the map is written once below
+        BudgetedModel(model, budget or Budget.start()),
+        prepared.raster,
+        None,
         processor,
         tile_size=tile,
-        overlap=min(OVERLAP, tile // 4),
+        overlap=overlap,
         batch_size=2,
         cog=False,
         progress=False,
@@ -322,9 +461,10 @@ def run_segmentation(task: str, prepared: PreparedInput, radiometry: str, work_d
     num_labels = model.config.num_labels
     names = [str(model.config.id2label.get(index, index)) for index in range(num_labels)]
     colours = class_colours(names)
+    classes = summary.classes
+    write_geotiff(output, summary.array, crs=summary.crs, transform=summary.transform, nodata=NODATA)
     with rasterio.open(output, "r+") as dataset:
         dataset.write_colormap(1, {index: (*colour, 255) for index, colour in enumerate(colours)})
-        classes = dataset.read(1)
     counts = np.bincount(classes[classes != NODATA].ravel(), minlength=num_labels)[:num_labels]
     shares = (counts / max(counts.sum(), 1)).tolist()
     notes = [f"Radiometry: `{summary.input_kind}`."]
@@ -333,8 +473,11 @@ def run_segmentation(task: str, prepared: PreparedInput, radiometry: str, work_d
     return classes, names, colours, shares, output, notes
 
 
-def run_features(prepared: PreparedInput, radiometry: str, work_dir: Path, stem: str):
+def run_features(
+    prepared: PreparedInput, radiometry: str, work_dir: Path, stem: str, budget: Budget | None = None
+):
     encoder, processor = load_encoder()
+    (budget or Budget.start()).check()
     kind = None if radiometry == "auto" else radiometry
     db, valid = processor.sar_to_db(prepared.array, prepared.valid, input_kind=kind)
     low, high = processor.clip_bounds(db, valid)
@@ -363,17 +506,26 @@ def run_features(prepared: PreparedInput, radiometry: str, work_dir: Path, stem:
         output, np.moveaxis(rgb, -1, 0), crs=prepared.crs, transform=prepared.transform, nodata=None
     )
     notes = [
+        f"Radiometry: `{resolve_kind(prepared.array, radiometry, prepared.valid)}`.",
         f"Colours are the first 3 principal components of the {dims}-dimensional stride-32 encoder features "
-        "(similar colour = similar features)."
+        "(similar colour = similar features).",
     ]
     return rgb, output, notes
 
 
-def segment(file: str | None, task: str, radiometry: str):
-    """Gradio handler: quick-look, coloured map, legend, GeoTIFF to download, notes."""
+def segment(file: str | None, task: str, radiometry: str, request: gr.Request | None = None):
+    """Gradio handler: quick-look, coloured map, legend, GeoTIFF to download, notes.
+
+    Works in a ``di3cl-space-*`` folder removed when the request ends (whatever the outcome), within
+    the time budget, and stops when the client disconnects.
+    """
+    budget = Budget.start(request)
     try:
-        return _segment(file, task, radiometry)
-    except SpaceInputError as error:
+        with work_folder() as work_dir:
+            return _segment(file, task, radiometry, work_dir, budget)
+    except (SpaceInputError, RequestStopped) as error:
+        if isinstance(error, RequestStopped):
+            LOGGER.info("request stopped: %s", error)
         raise gr.Error(html.escape(str(error), quote=False), print_exception=False) from None
     except gr.Error:
         raise
@@ -385,7 +537,7 @@ def segment(file: str | None, task: str, radiometry: str):
         ) from None
 
 
-def _segment(file: str | None, task: str, radiometry: str):
+def _segment(file: str | None, task: str, radiometry: str, work_dir: Path, budget: Budget):
     if not file:
         raise SpaceInputError("Upload a SAR patch first (GeoTIFF/TIFF, PNG, JPG or NPY with 1 or 2 bands).")
     if task not in TASKS:
@@ -397,7 +549,6 @@ def _segment(file: str | None, task: str, radiometry: str):
     path = Path(file)
     name = path.name
     start = time.perf_counter()
-    work_dir = Path(tempfile.mkdtemp(prefix="di3cl-space-"))
     prepared = prepare_input(path, name, work_dir)
     kind = None if radiometry == "auto" else radiometry
     try:
@@ -407,18 +558,18 @@ def _segment(file: str | None, task: str, radiometry: str):
     stem = path.stem[:60] or "result"
     task_key = TASKS[task]
     if task_key == "features":
-        rgb, output, notes = run_features(prepared, radiometry, work_dir, stem)
+        rgb, output, notes = run_features(prepared, radiometry, work_dir, stem, budget)
         legend = "<p>Feature view: no classes; colours are feature principal components.</p>"
         mapped = (0.4 * base + 0.6 * rgb).astype(np.uint8)
     else:
         classes, names, colours, shares, output, notes = run_segmentation(
-            task_key, prepared, radiometry, work_dir, stem
+            task_key, prepared, radiometry, work_dir, stem, budget
         )
         legend = legend_html(names, colours, shares)
         mapped = overlay(base, classes, colours)
     notes = prepared.notes + notes + [f"Done in {time.perf_counter() - start:.1f} s."]
     notice = "\n".join(f"- {note}" for note in notes)
-    return _display(base), _display(mapped), legend, str(output), notice
+    return _display(base), _display(mapped), legend, keep_result(output), notice
 
 
 # --------------------------------------------------------------------------------------- examples
@@ -469,8 +620,9 @@ The bundled examples are **synthetic** scenes; the demo weights were trained on 
 
 def build_demo() -> gr.Blocks:
     """The Gradio app."""
+    global DEMO
     examples = example_files()
-    with gr.Blocks(title="DI3CL SAR demo") as demo:
+    with gr.Blocks(title="DI3CL SAR demo", delete_cache=(RESULT_MAX_AGE, RESULT_MAX_AGE)) as demo:
         gr.Markdown(DESCRIPTION)
         with gr.Row():
             with gr.Column(scale=1):
@@ -503,10 +655,18 @@ def build_demo() -> gr.Blocks:
                 legend = gr.HTML(label="Legend", elem_id="legend")
                 download = gr.File(label="Result (GeoTIFF)", elem_id="download")
                 notice = gr.Markdown(elem_id="notice")
-        run.click(segment, inputs=[file, task, radiometry], outputs=[quick, mapped, legend, download, notice])
+        run.click(
+            segment,
+            inputs=[file, task, radiometry],
+            outputs=[quick, mapped, legend, download, notice],
+            concurrency_limit=1,
+        )
+    DEMO = demo
     return demo
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    build_demo().queue(default_concurrency_limit=1).launch(max_file_size=MAX_FILE_SIZE, show_error=True)
+    build_demo().queue(default_concurrency_limit=1, max_size=QUEUE_SIZE).launch(
+        max_file_size=MAX_FILE_SIZE, show_error=True
+    )

@@ -70,7 +70,7 @@ def test_complex_slc():
 def test_8bit_rgb_from_pipelines_is_grey_dn8():
     processor = DI3CLImageProcessor(
         num_channels=2, input_kind="db"
-    )  # 8-bit input is dn8 whatever is declared
+    )  # an 8-bit RGB image is a display image (dn8) whatever the processor's default kind
     rgb = RNG.integers(0, 256, size=(24, 20, 3)).astype(np.uint8)
     values = _pixels(processor, Image.fromarray(rgb))[0]
     grey = rgb.astype(np.float32).mean(axis=-1) / 255.0
@@ -80,11 +80,93 @@ def test_8bit_rgb_from_pipelines_is_grey_dn8():
     # the same as an HWC uint8 array, an "L" image of the grey values gives dn8 too
     np.testing.assert_allclose(_pixels(processor, rgb)[0], expected, atol=1e-5)
     assert _pixels(processor, Image.fromarray(rgb).convert("L")).shape == (1, 2, 24, 20)
-    # the release layout: 3 channels of replicated grey, ImageNet statistics
+    # the release layout: 3 channels, ImageNet statistics; a grey image (R == G == B) gives replicated grey
     release = DI3CLImageProcessor(num_channels=3)
-    out = _pixels(release, Image.fromarray(rgb))[0]
+    grey_rgb = np.repeat(rgb[..., :1], 3, axis=-1)
+    out = _pixels(release, Image.fromarray(grey_rgb))[0]
     assert out.shape == (3, 24, 20) and release.image_mean == [0.485, 0.456, 0.406]
     np.testing.assert_allclose(out[0] * 0.229 + 0.485, out[1] * 0.224 + 0.456, atol=1e-5)
+    # a colour composite (Pauli RGB) keeps its channels in a 3-channel model: dn8 per channel
+    colour = _pixels(release, Image.fromarray(rgb))[0]
+    unit = colour * np.asarray(release.image_std).reshape(-1, 1, 1) + np.asarray(release.image_mean).reshape(
+        -1, 1, 1
+    )
+    np.testing.assert_allclose(unit, np.moveaxis(rgb, -1, 0) / 255.0, atol=1e-5)
+    # a per-call kind that cannot describe display values is refused, not silently dn8
+    with pytest.raises(ValueError, match=r"'amplitude' does not apply to an 8-bit RGB\(A\) image"):
+        processor(Image.fromarray(rgb), input_kind="amplitude")
+
+
+@pytest.mark.parametrize("kind", ["amplitude", "intensity", "db"])
+def test_declared_kind_is_applied_to_uint8_sar(kind):
+    """Issue #16 item 4: uint8 SAR values declared amplitude / intensity / dB are converted as declared."""
+    dn = RNG.integers(1, 256, size=(1, 24, 20)).astype(np.uint8)
+    values = dn.astype(np.float64)
+    db = {"amplitude": 20 * np.log10(values), "intensity": 10 * np.log10(values), "db": values}[kind]
+    declared = DI3CLImageProcessor(num_channels=1, input_kind=kind, db_range=(0.0, 60.0))
+    expected = _expected(db, declared)
+    np.testing.assert_allclose(_pixels(declared, dn)[0], expected, atol=1e-4)
+    per_call = DI3CLImageProcessor(num_channels=1, db_range=(0.0, 60.0))
+    np.testing.assert_allclose(_pixels(per_call, dn, input_kind=kind)[0], expected, atol=1e-4)
+    np.testing.assert_allclose(per_call.sar_to_db(dn, input_kind=kind)[0], db.astype(np.float32), rtol=1e-5)
+    # "L" images are 8-bit SAR values too: the declared kind applies
+    np.testing.assert_allclose(_pixels(declared, Image.fromarray(dn[0]))[0], expected, atol=1e-4)
+
+
+def test_uint16_dn_declared_amplitude_and_complex_refusals():
+    dn = RNG.integers(1, 5000, size=(2, 24, 20)).astype(np.uint16)
+    amplitude = DI3CLImageProcessor(num_channels=2, input_kind="amplitude")
+    np.testing.assert_allclose(
+        _pixels(amplitude, dn)[0], _expected(20 * np.log10(dn.astype(np.float64)), amplitude), atol=1e-4
+    )
+    slc = (np.ones((1, 8, 8)) * np.exp(1j)).astype(np.complex64)
+    for kind in ("amplitude", "intensity", "db"):
+        with pytest.raises(ValueError, match=rf"'{kind}' does not apply to complex64 data.*auto, complex"):
+            DI3CLImageProcessor(num_channels=1, input_kind=kind)(slc)
+    with pytest.raises(ValueError, match=r"'dn8' does not apply to uint16 data"):
+        DI3CLImageProcessor(num_channels=2)(dn, input_kind="dn8")
+
+
+QUAD = RNG.normal(-15.0, 4.0, size=(4, 24, 20)).astype(np.float32)  # HH, HV, VH, VV
+QUAD_NAMES = ("HH", "HV", "VH", "VV")
+
+
+def test_bands_by_index_and_by_name():
+    reference = DI3CLImageProcessor(num_channels=2)
+    vv_vh = _pixels(reference, QUAD[[3, 2]])
+    by_index = DI3CLImageProcessor(num_channels=2, bands=(4, 3))
+    np.testing.assert_array_equal(_pixels(by_index, QUAD), vv_vh)
+    by_name = DI3CLImageProcessor(num_channels=2, bands=("vv", "VH"))  # case-insensitive
+    np.testing.assert_array_equal(_pixels(by_name, QUAD, band_names=QUAD_NAMES), vv_vh)
+    np.testing.assert_array_equal(by_name.sar_to_pixel_values(QUAD, band_names=QUAD_NAMES)[0], vv_vh[0])
+    np.testing.assert_array_equal(
+        _pixels(by_name, QUAD[[3, 2]]), vv_vh
+    )  # already chosen (a file read with bands)
+    assert DI3CLImageProcessor.from_dict(by_name.to_dict()).bands == ["vv", "VH"]
+    with pytest.raises(ValueError, match=r"'vv' chosen by name but the input's bands have no names"):
+        by_name(QUAD)
+    with pytest.raises(ValueError, match=r"band 'VV' not found; the input's bands are: HH, HV"):
+        DI3CLImageProcessor(num_channels=1, bands=("VV",))(QUAD[:2], band_names=("HH", "HV"))
+    with pytest.raises(ValueError, match=r"band 5 requested but the input has 4"):
+        DI3CLImageProcessor(num_channels=2, bands=(5, 1))(QUAD)
+    with pytest.raises(ValueError, match="1-based indexes or band names"):
+        DI3CLImageProcessor(bands=(0,))
+    with pytest.raises(ValueError, match=r"4 bands .*bands=\(\"VV\", \"VH\"\)"):
+        reference(QUAD)
+
+
+def test_pauli_rgb_array_into_a_three_channel_model():
+    pauli = RNG.integers(0, 256, size=(3, 24, 20)).astype(np.uint8)
+    processor = DI3CLImageProcessor(num_channels=3)
+    values = _pixels(processor, pauli)[0]
+    unit = values * np.asarray(processor.image_std).reshape(-1, 1, 1) + np.asarray(
+        processor.image_mean
+    ).reshape(-1, 1, 1)
+    np.testing.assert_allclose(unit, pauli / 255.0, atol=1e-5)
+    # the same composite decoded as float32 (a datasets row) and declared dn8 gives the same input
+    np.testing.assert_allclose(
+        _pixels(processor, pauli.astype(np.float32), input_kind="dn8")[0], values, atol=1e-6
+    )
 
 
 def test_channel_rules_and_layouts():

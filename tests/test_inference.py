@@ -521,3 +521,76 @@ def test_fp16_precision(scene, processor, tmp_path: Path) -> None:
         classes[precision] = _read(out)[0][0]
     valid = np.isfinite(db[0])
     assert (classes["fp16"] == classes["fp32"])[valid].mean() >= 0.99
+
+
+# ------------------------------------------------------------------ sources and sinks (issue 14)
+
+
+@pytest.mark.parametrize("output_type", ["classes", "probabilities"])
+def test_every_source_and_the_in_memory_sink_equal_the_path_route(
+    scene, processor, tmp_path: Path, output_type: str
+) -> None:
+    """A path, an open rasterio dataset (file and MemoryFile), an in-memory SARRaster and per-polarisation
+    files give the file's prediction bit for bit; without an output path it comes back as arrays with the
+    scene's CRS and transform."""
+    from rasterio.io import MemoryFile
+
+    from di3cl_hf.data.sario import SARRaster, read_sar
+
+    path, db, _ = scene
+    torch.manual_seed(0)
+    model = EdgeSensitiveNet()
+    options = dict(tile_size=96, overlap=24, batch_size=3, progress=False, output_type=output_type)
+    written = predict_scene(model, path, tmp_path / "out.tif", processor, **options)
+    expected, meta = _read(written.path)
+    assert written.array is None and written.classes is None
+
+    def check(result) -> None:
+        assert result.path is None and result.array.dtype == np.uint8
+        assert np.array_equal(result.array, expected)
+        assert result.crs == meta["crs"] and result.transform == meta["transform"]
+
+    check(predict_scene(model, read_sar(path), None, processor, **options))  # in memory, from a file
+    raster = SARRaster(db.copy(), np.isfinite(db).all(axis=0), CRS, TRANSFORM, None, Path("mem"))
+    check(predict_scene(model, raster, None, processor, **options))  # built in memory
+    with rasterio.open(path) as dataset:
+        check(predict_scene(model, dataset, None, processor, **options))
+        assert not dataset.closed  # the caller's dataset stays open
+    with MemoryFile(path.read_bytes()) as memory, memory.open() as dataset:
+        check(predict_scene(model, dataset, None, processor, **options))
+    vv, vh = tmp_path / "s_vv.tif", tmp_path / "s_vh.tif"
+    write_geotiff(vv, db[:1], crs=CRS, transform=TRANSFORM, nodata=float("nan"))
+    write_geotiff(vh, db[1:], crs=CRS, transform=TRANSFORM, nodata=float("nan"))
+    check(predict_scene(model, [vv, vh], None, processor, **options))
+    result = predict_scene(model, [vv, vh], None, processor, **options)
+    if output_type == "classes":
+        assert np.array_equal(result.classes, expected[0]) and result.probabilities is None
+    else:
+        assert result.probabilities.shape == (3, *db.shape[1:])
+        classes = result.classes
+        assert (classes[~np.isfinite(db).all(axis=0)] == OUTPUT_NODATA).all()
+        assert np.array_equal(classes == OUTPUT_NODATA, expected[0] == OUTPUT_NODATA)
+
+
+def test_in_memory_output_checks_the_sink_path_only_when_given(scene, processor, tmp_path: Path) -> None:
+    path, _, _ = scene
+    with pytest.raises(ValueError, match="same file"):
+        predict_scene(EdgeSensitiveNet(), path, path, processor, tile_size=96, overlap=24, progress=False)
+    with pytest.raises(TypeError, match="SARRaster"):
+        predict_scene(EdgeSensitiveNet(), 12345, None, processor, tile_size=96, overlap=24, progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tile_runner_stages_tiles_in_pinned_memory_on_cuda() -> None:
+    from di3cl_hf.inference.scene import _TileRunner
+
+    model = EdgeSensitiveNet().eval()
+    weights = np.outer(blend_weights(64, 16), blend_weights(64, 16))
+    tiles = torch.randn(3, 64, 64, 2).permute(0, 3, 1, 2)  # channels-last, as the scene loop builds them
+    cuda = _TileRunner(model.cuda(), torch.device("cuda"), None, weights, channels_last=True)
+    got = cuda(tiles).copy()
+    assert cuda._pinned is not None and cuda._pinned.is_pinned() and cuda._ring[0].is_pinned()
+    cpu = _TileRunner(model.cpu(), torch.device("cpu"), None, weights, channels_last=True)
+    assert cpu._pinned is None
+    np.testing.assert_allclose(got, cpu(tiles), atol=1e-4)

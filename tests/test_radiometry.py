@@ -7,6 +7,8 @@ import pytest
 
 from di3cl_hf.radiometry import (
     DEFAULT_DN16_CALIBRATION_DB,
+    allowed_kinds,
+    check_kind,
     clip_range,
     match_channels,
     resolve_kind,
@@ -104,8 +106,58 @@ def test_nodata_nan_inf_and_given_mask():
 
 @pytest.mark.parametrize("bands", [3, 4])
 def test_wrong_band_count_names_what_was_expected(bands):
+    # the conversion runs band by band on any count (quad-pol, Pauli RGB); adapting to a 2-channel
+    # model needs 1 or 2 bands and says how to choose them
+    db, _ = to_db(np.full((bands, 4, 4), -10.0, np.float32), "db")
+    assert db.shape == (bands, 4, 4)
+    with pytest.raises(
+        ValueError, match=rf"{bands} bands, expected 1 or 2 \(VV, VH\).*bands=\(\"VV\", \"VH\"\)"
+    ):
+        sar_to_unit(np.zeros((bands, 4, 4), np.float32), num_channels=2)
     with pytest.raises(ValueError, match=rf"{bands} bands, expected 1 or 2 \(VV, VH\)"):
-        to_db(np.zeros((bands, 4, 4), np.float32))
+        match_channels(np.zeros((bands, 4, 4), np.float32), 2)
+
+
+def test_three_band_composite_into_three_channels_per_band():
+    """A Pauli RGB (8-bit, 3 bands) into a 3-channel model: dn8 per band, no replication."""
+    rgb = np.stack([np.full((4, 4), v, np.uint8) for v in (0, 128, 255)])
+    unit, valid = sar_to_unit(rgb, num_channels=3)
+    assert valid.all()
+    np.testing.assert_allclose(unit[:, 0, 0], [0.0, 128 / 255, 1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["amplitude", "intensity", "db", "dn16"])
+def test_declared_kind_applies_to_uint8(kind):
+    """Issue #16 item 4: a declared kind is applied to 8-bit values, not silently dn8."""
+    dn = np.array([[[10, 100]]], np.uint8)
+    db, _ = to_db(dn, kind)
+    expected = {
+        "amplitude": 20 * np.log10([10.0, 100.0]),
+        "intensity": 10 * np.log10([10.0, 100.0]),
+        "db": [10.0, 100.0],
+        "dn16": 20 * np.log10([10.0, 100.0]) - DEFAULT_DN16_CALIBRATION_DB,
+    }[kind]
+    np.testing.assert_allclose(db[0, 0], expected, rtol=1e-6)
+    assert resolve_kind(dn, kind) == kind and resolve_kind(dn) == "dn8"
+
+
+def test_allowed_kinds_per_dtype_and_messages():
+    assert allowed_kinds("complex64") == ("auto", "complex")
+    assert "amplitude" in allowed_kinds("uint16") and "dn8" not in allowed_kinds("uint16")
+    assert "dn8" in allowed_kinds("uint8") and "dn8" in allowed_kinds("float32")
+    with pytest.raises(
+        ValueError,
+        match=r"'amplitude' does not apply to complex64 data.*allowed for complex64: auto, complex",
+    ):
+        to_db(np.ones((1, 2, 2), np.complex64), "amplitude")
+    with pytest.raises(
+        ValueError, match=r"'dn8' does not apply to uint16 data.*auto, dn16, amplitude, intensity, db"
+    ):
+        check_kind(np.uint16, "dn8")
+    with pytest.raises(ValueError, match="mask, not SAR"):
+        resolve_kind(np.ones((1, 2, 2), bool))
+    amplitude = np.array([[[1000, 10]]], np.uint16)  # 16-bit DN declared as amplitude: honoured
+    np.testing.assert_allclose(to_db(amplitude, "amplitude")[0][0, 0], [60.0, 20.0], rtol=1e-6)
 
 
 def test_clipping_fixed_and_percentiles():

@@ -324,3 +324,43 @@ def test_concurrent_read_and_write_lose_nothing(tmp_path: Path) -> None:
             for reader in readers:
                 reader.join()
     assert corrupted == 0, f"{corrupted} of 80 files lost pixels"
+
+
+def test_bands_by_name_from_band_descriptions(tmp_path: Path) -> None:
+    """Issue #16 item 7: quad-pol bands chosen by name (the GeoTIFF's band descriptions, any case)."""
+    quad = _random("float32", (4, 16, 16))
+    path = write_geotiff(tmp_path / "quad.tif", quad, band_names=("HH", "HV", "VH", "VV"))
+    raster = read_sar(path, bands=("VV", "vh"))
+    np.testing.assert_array_equal(raster.array, quad[[3, 2]])
+    assert raster.band_names == ("VV", "VH")
+    with open_scene(path) as scene:
+        window = scene.read((0, 0, 8, 8), bands=["hh", 4, "2"])  # names, indexes, digit strings
+        np.testing.assert_array_equal(window.array, quad[[0, 3, 1], :8, :8])
+    with pytest.raises(
+        SARFileError,
+        match=r"quad\.tif: no band named 'RR'; the file's bands are: HH \(1\), HV \(2\), VH \(3\), VV \(4\)",
+    ):
+        read_sar(path, bands=("VV", "RR"))
+    with pytest.raises(
+        SARFileError,
+        match=r"4 bands, expected 1 or 2 \(VV, VH\); choose bands: by name \(the file's bands: HH, HV, VH, VV\)",
+    ):
+        read_sar(path)
+    unnamed = write_geotiff(tmp_path / "unnamed.tif", quad)
+    with pytest.raises(
+        SARFileError,
+        match=r"unnamed\.tif: band 'VV' requested by name but the file has no band descriptions; choose by 1-based index \(1\.\.4\)",
+    ):
+        read_sar(unnamed, bands=("VV",))
+    np.save(tmp_path / "quad.npy", quad)
+    with pytest.raises(SARFileError, match="no band descriptions"):
+        read_sar(tmp_path / "quad.npy", bands=("VV",))
+
+
+def test_explicit_band_choice_is_not_limited_to_two(tmp_path: Path) -> None:
+    """A 3-band 8-bit Pauli RGB GeoTIFF read with bands=(1, 2, 3) for a 3-channel model."""
+    pauli = _random("uint8", (3, 16, 16))
+    path = write_geotiff(tmp_path / "pauli.tif", pauli)
+    np.testing.assert_array_equal(read_sar(path, bands=(1, 2, 3)).array, pauli)
+    with pytest.raises(SARFileError, match=r"pauli\.tif: 3 bands, expected 1 or 2"):
+        read_sar(path)

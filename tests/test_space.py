@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -17,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -67,25 +69,23 @@ def _write_models(folder: Path) -> None:
         DI3CLImageProcessor(num_channels=2).save_pretrained(folder / task)
 
 
-@pytest.fixture(scope="module")
-def space(tmp_path_factory):
-    """URL of the running Space (tiny random models; small pixel and tile budgets)."""
-    root = tmp_path_factory.mktemp("space")
+@contextlib.contextmanager
+def _running_space(root: Path, **settings: str):
+    """Start space/app.py on a free port with tiny models under ``root``; yield its URL, log and folders."""
     _write_models(root / "models")
     port = _free_port()
     env = {
         **os.environ,
         "DI3CL_MODEL_DIR": str(root / "models"),
-        "DI3CL_SPACE_PREDICT_PIXELS": "40000",  # a 256 x 256 upload is downscaled by 2 ...
-        "DI3CL_SPACE_TILE_SIZE": "64",  # ... and its 128 x 128 remainder predicted in 3 x 3 tiles
-        "DI3CL_SPACE_MAX_PIXELS": "100000",
-        "DI3CL_SPACE_MAX_FILE_SIZE": "2mb",
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),
         "GRADIO_ANALYTICS_ENABLED": "False",
         "HF_HUB_OFFLINE": "1",
         "GRADIO_TEMP_DIR": str(root / "gradio-tmp"),
+        "TMPDIR": str(root / "server-tmp"),  # the Space's di3cl-space-* request folders are counted here
+        **settings,
     }
+    (root / "server-tmp").mkdir()
     log = (root / "space.log").open("w")
     process = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "space" / "app.py")], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -118,6 +118,21 @@ def space(tmp_path_factory):
             process.kill()
             process.wait(timeout=20)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    """URL of the running Space (tiny random models; small pixel and tile budgets)."""
+    with _running_space(
+        tmp_path_factory.mktemp("space"),
+        DI3CL_SPACE_PREDICT_PIXELS="40000",  # a 256 x 256 upload is downscaled by 2 ...
+        DI3CL_SPACE_TILE_SIZE="64",  # ... and its 128 x 128 remainder predicted in 3 x 3 tiles
+        DI3CL_SPACE_MAX_PIXELS="100000",
+        DI3CL_SPACE_MAX_FILE_SIZE="2mb",
+        DI3CL_SPACE_MAX_SIDE="1000",  # a 1 x 90 000 strip passes the pixel limit, not the side limit
+        DI3CL_SPACE_MAX_TILES="16",
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +296,195 @@ def test_model_location_order(app_module, tmp_path: Path, monkeypatch) -> None:
     assert app_module.model_location("water") == str(tmp_path / "water")
     monkeypatch.setenv("DI3CL_MODEL_WATER", "sar-lab/di3cl-water")
     assert app_module.model_location("water") == "sar-lab/di3cl-water"
+
+
+def _write_strip(path: Path, width: int) -> Path:
+    """A 1-row GeoTIFF of ``width`` pixels, a few kB on disk (deflate), e.g. 1 x 24 000 000."""
+    profile = {"driver": "GTiff", "height": 1, "width": width, "count": 1, "dtype": "uint8"}
+    with rasterio.open(path, "w", **profile, compress="deflate", blockysize=1) as target:
+        step = 1_000_000
+        for start in range(0, width, step):
+            part = min(step, width - start)
+            target.write(np.full((1, 1, part), 7, np.uint8), window=((0, 1), (start, start + part)))
+    return path
+
+
+def _request_folders(root: Path) -> list[Path]:
+    return sorted(root.glob("di3cl-space-*"))
+
+
+def test_stalling_upload_is_refused_fast_and_a_good_request_still_answers(
+    space, client, geotiff: Path, tmp_path: Path
+) -> None:
+    """Issue #16 item 5: a tiny strip that would become thousands of tiles is refused from its header,
+    the next request answers, and no request leaves a di3cl-space-* folder behind."""
+    from gradio_client.exceptions import AppError
+
+    server_tmp = space["root"] / "server-tmp"
+    before = _request_folders(server_tmp)
+    strip = _write_strip(tmp_path / "strip.tif", 90_000)  # 90 000 px < the 100 000 px limit
+    assert strip.stat().st_size < 50_000
+    start = time.monotonic()
+    with pytest.raises(
+        AppError, match=r"strip.tif: 90000 x 1 pixels; this demo accepts at most 1000 pixels per side"
+    ):
+        _predict(client, strip, "Water")
+    assert time.monotonic() - start < 30
+    _, _, legend, result, notice = _predict(client, geotiff, "Water")
+    assert Path(result).is_file() and "water" in legend
+    with pytest.raises(AppError, match="cannot be read as a SAR raster"):  # a failed request cleans up too
+        bad = tmp_path / "bad.tif"
+        bad.write_bytes(b"II*\x00 not a tiff" * 10)
+        _predict(client, bad, "Water")
+    assert _request_folders(server_tmp) == before == []
+
+
+_DISCONNECTING_CLIENT = """
+import os, sys, time
+from gradio_client import Client, handle_file
+job = Client(sys.argv[1], verbose=False).submit(handle_file(sys.argv[2]), "Water", "auto", api_name="/segment")
+time.sleep(float(sys.argv[3]))
+os._exit(0)  # the browser tab closes: the event stream ends without a goodbye
+"""
+
+
+@pytest.mark.slow
+def test_work_stops_when_the_client_disconnects(tmp_path_factory) -> None:
+    """A long request (a 1500 x 1500 scene in 64 px tiles) whose client process dies mid-way: the
+    Space stops at the next model batch (gradio marks the session's event dead) and cleans up."""
+    root = tmp_path_factory.mktemp("space-disconnect")
+    scene = root / "scene.tif"
+    write_geotiff(scene, np.random.default_rng(0).normal(-12, 4, (1, 1500, 1500)).astype(np.float32))
+    settings = {"DI3CL_SPACE_PREDICT_PIXELS": "3000000", "DI3CL_SPACE_TILE_SIZE": "64"}
+    with _running_space(root, DI3CL_SPACE_MAX_TILES="100000", OMP_NUM_THREADS="1", **settings) as running:
+        start = time.monotonic()
+        client = [sys.executable, "-c", _DISCONNECTING_CLIENT, running["url"], str(scene), "6"]
+        subprocess.run(client, check=True, timeout=120)
+        while "request stopped" not in running["log"].read_text() and time.monotonic() - start < 60:
+            time.sleep(0.5)
+        log = running["log"].read_text()
+        assert "request stopped: The client disconnected" in log, log[-3000:]
+        assert time.monotonic() - start < 40  # ~500 tiles would take minutes more
+        time.sleep(1)
+        assert _request_folders(root / "server-tmp") == []
+
+
+@pytest.fixture()
+def local_space(app_module, tmp_path: Path, monkeypatch):
+    """The app module with tiny models and its own temporary folder (request folders are counted there)."""
+    _write_models(tmp_path / "models")
+    monkeypatch.setenv("DI3CL_MODEL_DIR", str(tmp_path / "models"))
+    for task in ("LANDCOVER", "WATER", "ROADS", "ENCODER"):
+        monkeypatch.delenv(f"DI3CL_MODEL_{task}", raising=False)
+    app_module.load_task_model.cache_clear()
+    app_module.load_encoder.cache_clear()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-cache"))
+    yield app_module, temp
+    app_module.load_task_model.cache_clear()
+    app_module.load_encoder.cache_clear()
+
+
+def test_one_by_24_million_geotiff_is_refused_before_any_work(local_space, tmp_path: Path) -> None:
+    """The 25 kB 1 x 24 000 000 GeoTIFF of issue #16 (below the default 25 Mpx limit): refused from
+    the header in well under a second, with the side limit named, and no folder left behind."""
+    import gradio as gr
+
+    app, temp = local_space
+    assert app.MAX_PIXELS == 25_000_000 and app.MAX_SIDE == 10_000  # the defaults
+    strip = _write_strip(tmp_path / "strip.tif", 24_000_000)
+    assert strip.stat().st_size < 100_000
+    start = time.monotonic()
+    with pytest.raises(
+        gr.Error, match=r"strip.tif: 24000000 x 1 pixels; this demo accepts at most 10000 pixels per side"
+    ):
+        app.segment(str(strip), "Water", "auto")
+    assert time.monotonic() - start < 5
+    assert _request_folders(temp) == []
+
+
+def test_aspect_and_tile_limits(local_space, monkeypatch) -> None:
+    app, _ = local_space
+    with pytest.raises(
+        app.SpaceInputError, match=r"a strip \(80:1\); this demo accepts sides at most 50 times"
+    ):
+        app.check_dimensions(100, 8000, "strip.tif")
+    monkeypatch.setattr(app, "MAX_ASPECT", 1000.0)
+    # 20 x 8000 px: no downscaling (160 000 px < 2 Mpx), 512 px tiles every 448 px -> 18 tiles
+    assert app.tiling(20, 8000)[2] == 18
+    monkeypatch.setattr(app, "MAX_TILES", 17)
+    with pytest.raises(app.SpaceInputError, match=r"would take 18 model tiles; this demo runs at most 17"):
+        app.check_dimensions(20, 8000, "strip.tif")
+    app.check_dimensions(256, 256, "patch.tif")  # a normal patch passes
+
+
+def test_time_budget_and_disconnect_stop_the_work_and_clean_up(
+    local_space, geotiff: Path, monkeypatch
+) -> None:
+    import gradio as gr
+
+    app, temp = local_space
+    calls = []
+    original = app.Budget.check
+
+    def counting(self):
+        calls.append(time.monotonic())
+        return original(self)
+
+    monkeypatch.setattr(app.Budget, "check", counting)
+    monkeypatch.setattr(app, "TIME_BUDGET", 0.0)
+    with pytest.raises(gr.Error, match=r"took longer than the demo's 0 s budget and was stopped"):
+        app.segment(str(geotiff), "Water", "auto")
+    assert len(calls) == 1  # stopped at the first model batch
+    assert _request_folders(temp) == []
+    monkeypatch.setattr(app, "TIME_BUDGET", 600.0)
+    monkeypatch.setattr(app, "client_connected", lambda session_hash: False)
+    with pytest.raises(gr.Error, match="The client disconnected; the request was stopped"):
+        app.segment(str(geotiff), "Features (PCA)", "auto")
+    assert _request_folders(temp) == []
+    monkeypatch.undo()
+
+
+def test_client_connected_reads_gradio_queue_events(app_module, monkeypatch) -> None:
+    """gradio marks the events of a session whose stream closed ``alive = False``; the work polls that."""
+
+    class Event:
+        def __init__(self, session_hash: str, alive: bool) -> None:
+            self.session_hash, self.alive = session_hash, alive
+
+    class Queue:
+        active_jobs = [None, [Event("a", True)], [Event("b", False)]]
+
+    class Demo:
+        _queue = Queue()
+
+    monkeypatch.setattr(app_module, "DEMO", Demo())
+    assert app_module.client_connected("a") and not app_module.client_connected("b")
+    assert app_module.client_connected("unknown") and app_module.client_connected(None)
+
+
+def test_declared_radiometry_is_applied_in_the_space(local_space, tmp_path: Path) -> None:
+    """Issue #16 item 4 in the Space: uint8 declared amplitude is converted as amplitude (not dn8) and
+    the notice names it; complex data declared amplitude gets a message naming what is allowed."""
+    import gradio as gr
+
+    app, temp = local_space
+    values = np.random.default_rng(2).integers(1, 256, size=(1, 64, 64), dtype=np.uint8)
+    valid = np.ones((64, 64), bool)
+    assert not np.array_equal(app.quicklook(values, valid, "amplitude"), app.quicklook(values, valid, "dn8"))
+    path = tmp_path / "amplitude8.tif"
+    write_geotiff(path, values)
+    *_, notice = app.segment(str(path), "Water", "amplitude")
+    assert "Radiometry: `amplitude`" in notice
+    *_, notice = app.segment(str(path), "Features (PCA)", "amplitude")
+    assert "Radiometry: `amplitude`" in notice
+    slc = tmp_path / "slc.tif"
+    write_geotiff(slc, (np.ones((1, 32, 32)) * np.exp(1j)).astype(np.complex64))
+    with pytest.raises(gr.Error, match=r"slc.tif: input kind 'amplitude' does not apply to complex64 data"):
+        app.segment(str(slc), "Water", "amplitude")
+    assert _request_folders(temp) == []
 
 
 # ------------------------------------------------------------------------------ headless Chromium

@@ -4,6 +4,7 @@
 - :mod:`.data`: ``make-synthetic`` and ``export-parquet``
 - :mod:`.hub`: ``push`` (model / dataset / Space) and ``export-timm``
 - :mod:`.convert`: ``convert-original`` (the original release's checkpoints)
+- :mod:`.onnx`: ``export-onnx`` (encoder / segmentation model to ONNX)
 
 Each ``register`` adds its ``argparse`` sub-parsers and binds them with ``set_defaults(func=...)``;
 ``func(args)`` returns the exit code.
@@ -14,9 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import convert, data, hub, predict
+from . import convert, data, hub, onnx, predict
 
-COMMAND_GROUPS = (convert, data, predict, hub)
+COMMAND_GROUPS = (convert, data, predict, hub, onnx)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,10 @@
-"""``di3cl predict`` (a SAR scene -> a georeferenced class map) and ``di3cl embed`` (patches -> features).
+"""``di3cl predict`` (SAR scenes -> georeferenced class maps) and ``di3cl embed`` (patches -> features).
+
+``di3cl predict MODEL IN OUT`` predicts one scene; ``di3cl predict MODEL INPUT... --output-dir DIR``
+predicts many (files, folders, globs, ``@list.txt``; ``{id}_vv`` + ``{id}_vh`` files as one dual-pol
+scene), skips complete outputs, keeps going after a bad scene, and splits the scenes between the
+processes of ``accelerate launch`` (see :mod:`di3cl_hf.inference.batch`). ``--backend onnxruntime``
+runs a model exported by ``di3cl export-onnx``.
 
 Both commands check their output path before loading the model (never an input, also through a
 link; an existing file only with ``--overwrite``; a writable folder), load the model with
@@ -12,11 +18,13 @@ import argparse
 import contextlib
 import re
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..data.sario import list_sar_files
+from ..inference.batch import collect_inputs, format_summary, plan_scenes, process_share, run_scene
 from ..inference.embeddings import POOLINGS, check_embeddings_output, embed_files, save_embeddings
 from ..inference.outputs import check_output_path
 from ..inference.scene import OUTPUT_TYPES, predict_scene
@@ -29,12 +37,16 @@ SAR input:
   files     GeoTIFF/TIFF (float32 dB, linear intensity or amplitude; int16/uint16 digital numbers;
             complex SLC), PNG/JPG (8-bit quick-looks) or .npy ([C, H, W] or [H, W]).
   bands     1 band (VV, or any single polarisation) or 2 bands (VV, VH in that order); pick them in
-            files with more bands with --bands, e.g. --bands 1 2. A single band fed to a dual-pol
-            model is replicated; a 2-band input to a single-pol model uses the first band.
+            files with more bands with --bands, by 1-based index or by name (the GeoTIFF band
+            descriptions), e.g. --bands 1 2 or --bands VV VH on a quad-pol HH, HV, VH, VV file;
+            --bands 1 2 3 for an 8-bit Pauli RGB composite and a 3-channel model. A single band fed
+            to a dual-pol model is replicated; a 2-band input to a single-pol model uses the first band.
   radiometry  --input-kind auto|db|intensity|amplitude|dn8|dn16|complex. "auto" (default, unless the
             model's processor declares one) decides once per file: complex -> complex, uint8 -> dn8,
             other integers -> dn16, floats with a negative median -> dB, other floats -> linear
-            intensity. Amplitude cannot be told from intensity and must be declared.
+            intensity. Amplitude cannot be told from intensity and must be declared. A declared
+            kind is applied to every dtype it fits (uint8 or 16-bit DN as amplitude, intensity, dB);
+            complex SLC takes only complex; a kind that does not fit the dtype is refused.
   dB range  values are converted to dB, clipped to --db-range LOW HIGH (default: the model
             processor's, normally -30 5) and normalised with the processor's statistics.
   nodata    the file's nodata value, NaN/inf and the --nodata value are invalid; they are zero
@@ -42,8 +54,20 @@ SAR input:
   outputs   never an input file; an existing output is replaced only with --overwrite.
 """
 
+_MANY_HELP = """
+many scenes (--output-dir DIR):
+  inputs    files, folders (their SAR files), glob patterns, @list.txt (one input per line, # comments,
+            paths relative to the list). {id}_vv.tif + {id}_vh.tif (also _hh/_hv) are one dual-pol scene.
+  outputs   DIR/{id}_classes.tif (or _probabilities.tif), each written atomically. A complete output
+            (a readable uint8 GeoTIFF of the scene's size and band count) is skipped, so a stopped run
+            resumes where it stopped; --overwrite recomputes. A bad scene is reported and the rest run;
+            the exit status is 1 when any scene failed.
+  processes under `accelerate launch` (or torchrun) the scenes are split between the processes without
+            overlap (process r of n takes scenes r, r+n, ...; GPU = LOCAL_RANK); rank 0 prints the summary.
+"""
+
 # The Python spelling of a band choice in library messages, e.g. "pass bands=(1, 2)".
-_PYTHON_BANDS = re.compile(r"\bbands=\(([\d,\s]*)\)")
+_PYTHON_BANDS = re.compile(r"\bbands=\(([\w,\s'\"]*)\)")
 
 
 def _positive_int(text: str) -> int:
@@ -51,6 +75,15 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _band(text: str) -> int | str:
+    """A ``--bands`` item: a 1-based index (digits) or a band name (e.g. VV)."""
+    if text.strip().isdigit():
+        return _positive_int(text)
+    if not text.strip() or text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"expected a 1-based band index or a band name, got {text!r}")
+    return text.strip()
 
 
 def _non_negative_int(text: str) -> int:
@@ -62,7 +95,12 @@ def _non_negative_int(text: str) -> int:
 
 def command_line_message(message: str) -> str:
     """``message`` with the Python spelling of a band choice (``bands=(1, 2)``) in the CLI's (``--bands 1 2``)."""
-    return _PYTHON_BANDS.sub(lambda m: " ".join(["--bands", *m.group(1).replace(",", " ").split()]), message)
+    return _PYTHON_BANDS.sub(
+        lambda m: " ".join(
+            ["--bands", *m.group(1).replace(",", " ").replace("'", "").replace('"', "").split()]
+        ),
+        message,
+    )
 
 
 @contextlib.contextmanager
@@ -87,7 +125,11 @@ def _interrupted(command: str, interrupt: KeyboardInterrupt, output: str) -> int
 def _add_sar_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("SAR input options (see below)")
     group.add_argument(
-        "--bands", type=int, nargs="+", metavar="N", help="1-based bands to use, e.g. 1 2 (VV VH)"
+        "--bands",
+        type=_band,
+        nargs="+",
+        metavar="BAND",
+        help="bands to use: 1-based indexes or band names (GeoTIFF band descriptions), e.g. 1 2 or VV VH",
     )
     group.add_argument(
         "--input-kind",
@@ -128,17 +170,58 @@ def _check_predict_arguments(args: argparse.Namespace) -> None:
     """Everything that can be checked before the model is loaded and the scene computed."""
     if args.overlap >= args.tile_size:
         raise ValueError(f"--overlap ({args.overlap}) must be smaller than --tile-size ({args.tile_size})")
+    if args.backend == "onnxruntime" and not Path(args.model).is_file():
+        raise FileNotFoundError(
+            f"{args.model}: no such file; --backend onnxruntime takes a .onnx file as MODEL"
+        )
+    if args.output_dir is not None:
+        return
+    if len(args.inputs) != 2:
+        raise ValueError(
+            f"give INPUT OUTPUT for one scene, or INPUT... --output-dir DIR for several ({len(args.inputs)} paths given)"
+        )
+    args.input, args.output = args.inputs
     if not Path(args.input).exists():
         raise FileNotFoundError(f"{args.input}: no such file")
     check_output_path(args.output, [args.input], overwrite=args.overwrite, flag="--overwrite")
 
 
-def _run_predict(args: argparse.Namespace) -> int:
-    _check_predict_arguments(args)
+def _load_segmentation_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """``(model, processor, precision)`` for the chosen backend (onnxruntime runs fp32 on the CPU)."""
     overrides = _processor_overrides(args)
+    if args.backend == "onnxruntime":
+        from ..inference.onnx import load_onnx_model  # optional dependency (the [onnx] extra)
+
+        model, processor = load_onnx_model(args.model, overrides)
+        return model, processor, "fp32"
     model, processor = load_model_and_processor(
         args.model, "segmentation", overrides, local_files_only=args.local_files_only
     )
+    return model, processor, args.precision
+
+
+def _scene_options(
+    args: argparse.Namespace, processor: Any, precision: str, device: str | None
+) -> dict[str, Any]:
+    """predict_scene's keyword arguments from the command line."""
+    return {
+        "tile_size": args.tile_size,
+        "overlap": args.overlap,
+        "batch_size": args.batch_size,
+        "bands": args.bands or getattr(processor, "bands", None),
+        "output_type": args.output_type,
+        "precision": precision,
+        "device": "cpu" if args.backend == "onnxruntime" else device,
+        "cog": not args.no_cog,
+        "progress": not args.quiet,
+    }
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    _check_predict_arguments(args)
+    if args.output_dir is not None:
+        return _run_predict_many(args)
+    model, processor, precision = _load_segmentation_model(args)
     try:
         with _command_line_errors():
             result = predict_scene(
@@ -146,16 +229,8 @@ def _run_predict(args: argparse.Namespace) -> int:
                 args.input,
                 args.output,
                 processor,
-                tile_size=args.tile_size,
-                overlap=args.overlap,
-                batch_size=args.batch_size,
-                bands=args.bands,
-                output_type=args.output_type,
-                precision=args.precision,
-                device=args.device,
-                cog=not args.no_cog,
-                progress=not args.quiet,
                 overwrite=args.overwrite,
+                **_scene_options(args, processor, precision, args.device),
             )
     except KeyboardInterrupt as interrupt:
         return _interrupted("predict", interrupt, args.output)
@@ -165,6 +240,39 @@ def _run_predict(args: argparse.Namespace) -> int:
         f"{result.megapixels_per_second:.2f} Mpx/s, {result.autocast_dtype}, input {result.input_kind}"
     )
     return 0
+
+
+def _run_predict_many(args: argparse.Namespace) -> int:
+    """Many scenes into ``--output-dir``; this process's share of them under a multi-process launcher."""
+    share = process_share()
+    start = time.perf_counter()
+    files, failures = collect_inputs(args.inputs)
+    jobs, unplanned = plan_scenes(files, args.output_dir, args.output_type)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    mine = jobs[share.rank :: share.world_size]
+    outcomes = (failures + unplanned) if share.is_main else []  # reported once, not by every process
+    try:
+        if mine:
+            model, processor, precision = _load_segmentation_model(args)
+            options = _scene_options(args, processor, precision, share.device(args.device))
+            bands = 1 if args.output_type == "classes" else int(model.config.num_labels)
+
+            def predict(source: Any, output: Path, overwrite: bool) -> Any:
+                with _command_line_errors():
+                    return predict_scene(model, source, output, processor, overwrite=overwrite, **options)
+
+            for job in mine:
+                outcome = run_scene(job, predict, bands, overwrite=args.overwrite, rank=share.rank)
+                note = f" ({outcome.reason})" if outcome.reason else ""
+                print(f"[{share.rank}/{share.world_size}] {outcome.status} {job.output}{note}", flush=True)
+                outcomes.append(outcome)
+    except KeyboardInterrupt as interrupt:
+        return _interrupted("predict", interrupt, args.output_dir)
+    outcomes = share.gather(outcomes)
+    share.close()
+    if share.is_main:
+        print(format_summary(outcomes, time.perf_counter() - start), flush=True)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -198,7 +306,7 @@ def _run_embed(args: argparse.Namespace) -> int:
                 files,
                 pooling=args.pooling,
                 batch_size=args.batch_size,
-                bands=args.bands,
+                bands=args.bands or getattr(processor, "bands", None),
                 precision=args.precision,
                 device=args.device,
                 progress=not args.quiet,
@@ -221,15 +329,33 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
             "MODEL is a folder written by save_pretrained or a Hub id (from the local cache when offline)."
         ),
         epilog=_SAR_HELP
-        + "\nexample:\n  di3cl predict outputs/water scene_vv_vh.tif water.tif --tile-size 512 --overlap 64\n",
+        + _MANY_HELP
+        + "\nexamples:\n  di3cl predict outputs/water scene_vv_vh.tif water.tif --tile-size 512 --overlap 64\n"
+        "  di3cl predict outputs/water 'archive/*.tif' @more.txt --output-dir maps/\n"
+        "  accelerate launch --multi_gpu --num_processes 4 -m di3cl_hf.cli predict outputs/water archive/ "
+        "--output-dir maps/\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     predict.add_argument(
         "model", metavar="MODEL", help="model folder or Hub id (DI3CLForSemanticSegmentation)"
     )
-    predict.add_argument("input", metavar="INPUT", help="SAR scene file")
     predict.add_argument(
-        "output", metavar="OUTPUT", help="GeoTIFF to write (appears only when complete; never INPUT)"
+        "inputs",
+        metavar="INPUT",
+        nargs="+",
+        help="INPUT OUTPUT: one SAR scene file and the GeoTIFF to write (appears only when complete; never "
+        "INPUT); with --output-dir: scene files, folders, glob patterns or @list.txt files",
+    )
+    predict.add_argument(
+        "--output-dir",
+        default=None,
+        help="predict every INPUT scene into DIR/{id}_{classes|probabilities}.tif (complete ones are skipped)",
+    )
+    predict.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="torch (default) or onnxruntime (MODEL is a .onnx file from `di3cl export-onnx`, fp32 on the CPU)",
     )
     predict.add_argument(
         "--tile-size", type=_positive_int, default=512, help="tile size in pixels (default 512)"

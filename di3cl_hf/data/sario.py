@@ -11,8 +11,11 @@ RGB composite), PNG/JPG (8-bit quick-looks; alpha becomes the validity mask) and
 (``[H, W]``, ``[C, H, W]`` or ``[H, W, C]``; the band axis is the short one).
 
 **Band count.** Readers take ``max_bands``: by default (:data:`MAX_BANDS`, the model's VV/VH input) a
-file with more bands must be read with ``bands=`` (1-based indexes); ``max_bands=None`` reads every band
-(the lossless dataset builders do this: choosing bands is a training / inference decision). In the
+file with more bands must be read with ``bands=``; ``max_bands=None`` reads every band (the lossless
+dataset builders do this: choosing bands is a training / inference decision). ``bands`` are 1-based
+indexes (``bands=(1, 2)``) or names matched case-insensitively against the GeoTIFF band descriptions
+(``bands=("VV", "VH")`` on a quad-pol HH, HV, VH, VV file); an explicit choice may name any number of
+bands (e.g. ``bands=(1, 2, 3)`` of a Pauli RGB composite for a 3-channel model). In the
 default mode an RGB(A) quick-look is reduced to one grey band (exact when R == G == B); with
 ``max_bands=None`` its colour bands are kept unless they are equal.
 
@@ -129,26 +132,58 @@ def _as_window(window: WindowLike | None) -> Window | None:
 
 
 def _check_bands(
-    path: Path, count: int, bands: Sequence[int] | None, max_bands: int | None = MAX_BANDS
+    path: Path,
+    count: int,
+    bands: Sequence[int | str] | None,
+    max_bands: int | None = MAX_BANDS,
+    names: Sequence[str | None] = (),
 ) -> list[int]:
-    """Return the 1-based band indexes to read, validating the band count (``max_bands=None``: any)."""
+    """Return the 1-based band indexes to read, validating the band count (``max_bands=None``: any).
+
+    ``bands`` may hold 1-based indexes or band names (matched case-insensitively against ``names``,
+    the file's band descriptions); an explicit choice is not limited by ``max_bands``.
+    """
     if bands is None:
         if count == 0:
             raise _error(path, "no bands")
         if max_bands is not None and count > max_bands:
+            described = [n for n in names if n]
+            by_name = f"by name (the file's bands: {', '.join(described)}) or " if described else ""
             raise _error(
                 path,
-                f"{count} bands, expected 1 or 2 (VV, VH); choose bands by 1-based index: "
+                f"{count} bands, expected 1 or 2 (VV, VH); choose bands: {by_name}by 1-based index "
                 "bands=(1, 2) in Python, --bands 1 2 on the command line",
             )
         return list(range(1, count + 1))
-    bands = [int(b) for b in bands]
-    if not bands or (max_bands is not None and len(bands) > max_bands):
-        raise _error(path, f"{len(bands)} bands requested, expected 1 to {max_bands or 'any number'}")
-    bad = [b for b in bands if not 1 <= b <= count]
-    if bad:
-        raise _error(path, f"band(s) {bad} requested but the file has {count} band(s) (1-based indexes)")
-    return bands
+    if isinstance(bands, (str, int)):
+        bands = [bands]
+    if not list(bands):
+        raise _error(path, "no bands requested")
+    return [_band_index(path, count, band, names) for band in bands]
+
+
+def _band_index(path: Path, count: int, band: int | str, names: Sequence[str | None]) -> int:
+    """1-based index of ``band`` (an index, a digit string or a band name) in a file of ``count`` bands."""
+    if isinstance(band, str) and band.strip().isdigit():
+        band = int(band)
+    if not isinstance(band, str):
+        index = int(band)
+        if not 1 <= index <= count:
+            raise _error(
+                path, f"band(s) [{index}] requested but the file has {count} band(s) (1-based indexes)"
+            )
+        return index
+    lookup = {str(n).strip().lower(): i for i, n in enumerate(names, start=1) if n}
+    if not lookup:
+        raise _error(
+            path,
+            f"band {band!r} requested by name but the file has no band descriptions; "
+            f"choose by 1-based index (1..{count})",
+        )
+    if band.strip().lower() not in lookup:
+        available = ", ".join(f"{n} ({i})" for i, n in enumerate(names, start=1) if n)
+        raise _error(path, f"no band named {band!r}; the file's bands are: {available}")
+    return lookup[band.strip().lower()]
 
 
 def _finite_mask(array: np.ndarray) -> np.ndarray:
@@ -277,7 +312,7 @@ class SARScene:
     def read(
         self,
         window: WindowLike | None = None,
-        bands: Sequence[int] | None = None,
+        bands: Sequence[int | str] | None = None,
         boundless: bool = False,
         max_bands: int | None = MAX_BANDS,
     ) -> SARRaster:
@@ -286,8 +321,9 @@ class SARScene:
         Args:
             window: A :class:`rasterio.windows.Window` or ``(row_off, col_off, height, width)``;
                 ``None`` reads everything.
-            bands: 1-based band indexes to read (at most ``max_bands``); ``None`` reads all bands
-                and requires the file to have at most ``max_bands``.
+            bands: Bands to read: 1-based indexes or band names (the file's band descriptions,
+                case-insensitive), any number; ``None`` reads all bands and requires the file to
+                have at most ``max_bands``.
             boundless: Allow windows that extend past the scene; the outside is filled with the
                 nodata value (or 0) and marked invalid.
             max_bands: Most bands read at once (default 2, VV + VH); ``None``: any number, colour
@@ -314,11 +350,11 @@ class SARScene:
         return self._read_rasterio(win, bands, boundless, max_bands)
 
     def _read_npy(
-        self, window: Window | None, bands: Sequence[int] | None, max_bands: int | None
+        self, window: Window | None, bands: Sequence[int | str] | None, max_bands: int | None
     ) -> SARRaster:
         if self._npy_shape is not None and bands is None and max_bands is not None and self.count > max_bands:
             raise _error(self.path, f"array shape {self._npy_shape}, {_NPY_LAYOUTS} and C in 1..{max_bands}")
-        indexes = [b - 1 for b in _check_bands(self.path, self.count, bands, max_bands)]
+        indexes = [b - 1 for b in _check_bands(self.path, self.count, bands, max_bands, self.band_names)]
         assert self._array is not None
         if window is None:
             rows, cols = slice(0, self.height), slice(0, self.width)
@@ -347,12 +383,12 @@ class SARScene:
         return SARRaster(array, _finite_mask(array), None, None, None, self.path, (None,) * len(indexes))
 
     def _read_rasterio(
-        self, window: Window | None, bands: Sequence[int] | None, boundless: bool, max_bands: int | None
+        self, window: Window | None, bands: Sequence[int | str] | None, boundless: bool, max_bands: int | None
     ) -> SARRaster:
         ds = self._dataset
         if self._is_photo and bands is None and (self.count in (3, 4) or self._has_alpha):
             return self._read_photo(window, boundless, keep_colour=max_bands is None)
-        indexes = _check_bands(self.path, self.count, bands, max_bands)
+        indexes = _check_bands(self.path, self.count, bands, max_bands, self.band_names)
         # fill_value only when padding: rasterio also writes it into masked pixels, altering the data
         options: dict[str, Any] = {}
         if boundless:
@@ -468,7 +504,7 @@ def open_scene(path: str | os.PathLike[str]) -> SARScene:
 def read_sar(
     path: str | os.PathLike[str],
     window: WindowLike | None = None,
-    bands: Sequence[int] | None = None,
+    bands: Sequence[int | str] | None = None,
     boundless: bool = False,
     max_bands: int | None = MAX_BANDS,
 ) -> SARRaster:
@@ -477,7 +513,7 @@ def read_sar(
     Args:
         path: The file.
         window: A :class:`rasterio.windows.Window` or ``(row_off, col_off, height, width)``.
-        bands: 1-based band indexes (at most ``max_bands``); ``None`` reads all bands.
+        bands: 1-based band indexes or band names (e.g. ``("VV", "VH")``); ``None`` reads all bands.
         boundless: Allow windows past the raster edge (padding is marked invalid).
         max_bands: Most bands read at once (default 2); ``None`` for any number (lossless archives).
 

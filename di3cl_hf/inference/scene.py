@@ -22,6 +22,10 @@
    SIGTERM) leaves nothing under the target name and no temporary file. Input nodata pixels stay
    nodata (255) in the output.
 
+Sources and sinks: the scene may be a path, per-polarisation files, an open rasterio dataset or an
+in-memory :class:`~di3cl_hf.data.sario.SARRaster` (:mod:`di3cl_hf.inference.sources`); without an output
+path the uint8 bands are returned in :attr:`ScenePrediction.array` (bit for bit the file's values).
+
 The output path is checked before anything is computed (:mod:`di3cl_hf.inference.outputs`): never the
 input (also through a link), an existing file only with ``overwrite=True``, a writable folder.
 
@@ -51,7 +55,7 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
-from ..data.sario import create_geotiff, open_scene
+from ..data.sario import create_geotiff
 from ..image_processing_di3cl import DI3CLImageProcessor
 from ..loading import check_channels
 from ..memory import reuse_large_allocations
@@ -59,6 +63,7 @@ from ..radiometry import resolve_kind
 from ..runtime import StopSignal, default_device, resolve_precision
 from ..runtime import autocast_dtype as precision_dtype
 from .outputs import check_output_path
+from .sources import SceneSource, open_source, source_files
 
 OUTPUT_TYPES = ("classes", "probabilities")
 BLEND_MODES = ("cosine", "uniform")
@@ -149,6 +154,18 @@ def _model_channels(model: torch.nn.Module, processor: Any) -> int:
 # ---------------------------------------------------------------------------------- preprocessing
 
 
+def _processor_bands(processor: Any, scene: Any) -> list[int | str] | None:
+    """The processor's saved band choice for ``scene``: names need the file's band descriptions; a file
+    without them that already holds exactly that many bands is taken as the chosen bands (as the processor does)."""
+    bands = getattr(processor, "bands", None)
+    if not bands:
+        return None
+    names_known = any(name for name in getattr(scene, "band_names", ()))
+    if all(isinstance(band, int) for band in bands) or names_known:
+        return list(bands)
+    return list(range(1, scene.count + 1)) if scene.count == len(bands) else list(bands)
+
+
 class ScenePreprocessor:
     """Applies an image processor to windows of one scene with scene-wide radiometry.
 
@@ -161,12 +178,13 @@ class ScenePreprocessor:
     Args:
         processor: A :class:`~di3cl_hf.image_processing_di3cl.DI3CLImageProcessor`.
         scene: An open :class:`~di3cl_hf.sario.SARScene`.
-        bands: 1-based bands to read, e.g. ``bands=(1, 2)`` (``None``: all, 1 or 2).
+        bands: 1-based bands or band names to read, e.g. ``bands=(1, 2)`` or ``("VV", "VH")``
+            (``None``: the processor's ``bands`` when it has them, else all, 1 or 2).
     """
 
-    def __init__(self, processor: Any, scene: Any, bands: Sequence[int] | None = None) -> None:
+    def __init__(self, processor: Any, scene: Any, bands: Sequence[int | str] | None = None) -> None:
         self.processor = processor
-        self.bands = list(bands) if bands is not None else None
+        self.bands = list(bands) if bands is not None else _processor_bands(processor, scene)
         samples = [
             scene.read(window, bands=self.bands) for window in _sample_windows(scene.height, scene.width)
         ]
@@ -230,10 +248,10 @@ def _sample_windows(height: int, width: int) -> list[Window]:
 
 @dataclass
 class ScenePrediction:
-    """What :func:`predict_scene` did.
+    """What :func:`predict_scene` did (and, without an output path, what it predicted).
 
     Attributes:
-        path: The written GeoTIFF.
+        path: The written GeoTIFF, or ``None`` when the prediction was returned in memory.
         height: Scene rows.
         width: Scene columns.
         num_tiles: Tiles in the grid.
@@ -241,9 +259,14 @@ class ScenePrediction:
         seconds: Wall time.
         autocast_dtype: ``"bfloat16"``, ``"float16"`` or ``"float32"``.
         input_kind: The radiometric kind used for the scene.
+        array: Without an output path: the uint8 bands the GeoTIFF would hold, ``[1, H, W]`` class
+            indices or ``[K, H, W]`` ``round(p * 254)``, 255 = nodata (the same values, bit for bit).
+        output_type: ``"classes"`` or ``"probabilities"``.
+        crs: The scene's CRS (``None`` when not georeferenced).
+        transform: The scene's affine transform (``None`` when not georeferenced).
     """
 
-    path: Path
+    path: Path | None
     height: int
     width: int
     num_tiles: int
@@ -251,6 +274,27 @@ class ScenePrediction:
     seconds: float
     autocast_dtype: str
     input_kind: str
+    array: np.ndarray | None = None
+    output_type: str = "classes"
+    crs: Any = None
+    transform: Any = None
+
+    @property
+    def classes(self) -> np.ndarray | None:
+        """The in-memory class map ``[H, W]`` uint8 (255 = nodata); for a probabilities output the
+        argmax of the rounded probabilities (first class on ties). ``None`` when written to a file."""
+        if self.array is None:
+            return None
+        if self.output_type == "classes":
+            return self.array[0]
+        classes = argmax_planes(self.array)
+        classes[self.array[0] == OUTPUT_NODATA] = OUTPUT_NODATA
+        return classes
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """The in-memory probabilities ``[K, H, W]`` uint8 ``round(p * 254)`` (255 = nodata), or ``None``."""
+        return self.array if self.output_type == "probabilities" else None
 
     @property
     def megapixels_per_second(self) -> float:
@@ -295,6 +339,26 @@ class _TileRunner:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._ring: list[torch.Tensor | None] = [None] * buffers
         self._calls = 0
+        # On CUDA the tiles go through one page-locked (pinned) host buffer: a copy from pageable memory
+        # is staged by the driver and never overlaps anything, so ``non_blocking`` would do nothing.
+        # Reusing it is safe: the result's synchronous device-to-host copy at the end of each call
+        # follows the upload on the same stream, so the upload is finished when the call returns.
+        self.pin_memory = device.type == "cuda"
+        self._pinned: torch.Tensor | None = None
+
+    def _upload(self, batch: torch.Tensor) -> torch.Tensor:
+        """``batch`` on the device; through the pinned buffer (same memory format) on CUDA."""
+        if not self.pin_memory:
+            return batch.to(self.device, non_blocking=True)
+        n, c, h, w = batch.shape
+        pinned = self._pinned
+        if pinned is None or pinned.shape[1:] != batch.shape[1:] or pinned.shape[0] < n:
+            # channels-last storage ([N, H, W, C]) like the stack the scene loop builds: a plain copy
+            pinned = torch.empty((n, h, w, c), dtype=batch.dtype, pin_memory=True).permute(0, 3, 1, 2)
+            self._pinned = pinned
+        staged = pinned[:n]
+        staged.copy_(batch)
+        return staged.to(self.device, non_blocking=True)
 
     def _host_buffer(self, shape: torch.Size) -> torch.Tensor:
         """The next float32 host buffer of the ring, ``[N, K, T, T]`` (grown when too small)."""
@@ -302,7 +366,7 @@ class _TileRunner:
         self._calls += 1
         buffer = self._ring[slot]
         if buffer is None or buffer.shape[1:] != shape[1:] or buffer.shape[0] < shape[0]:
-            buffer = self._ring[slot] = torch.empty(shape, dtype=torch.float32)
+            buffer = self._ring[slot] = torch.empty(shape, dtype=torch.float32, pin_memory=self.pin_memory)
         return buffer[: shape[0]]
 
     def _weigh(self, logits: torch.Tensor) -> None:
@@ -316,7 +380,7 @@ class _TileRunner:
         """``tiles`` float32 [N, C, T, T] (numpy, or a tensor in any memory format) -> weighted logits
         float32 [N, K, T, T] (numpy, one plane per class)."""
         batch = torch.from_numpy(tiles) if isinstance(tiles, np.ndarray) else tiles
-        batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        batch = self._upload(batch).contiguous(memory_format=self.memory_format)
         size = batch.shape[-2:]
         with torch.inference_mode():
             with torch.autocast(
@@ -377,8 +441,8 @@ def check_tiling(tile_size: int, overlap: int, batch_size: int = 1) -> None:
 # Long only through its docstring (the public API's reference); the body is ~40 lines of steps.
 def predict_scene(
     model: torch.nn.Module,
-    input_path: str | os.PathLike[str],
-    output_path: str | os.PathLike[str],
+    source: SceneSource,
+    output_path: str | os.PathLike[str] | None = None,
     processor: Any = None,
     *,
     tile_size: int = 512,
@@ -395,7 +459,7 @@ def predict_scene(
     gdal_cache_mb: int = 64,
     overwrite: bool = False,
 ) -> ScenePrediction:
-    """Segment a whole SAR scene tile by tile and write a georeferenced GeoTIFF.
+    """Segment a whole SAR scene tile by tile into a georeferenced GeoTIFF, or into arrays in memory.
 
     The model is any ``nn.Module`` mapping pixel values ``[B, C, T, T]`` to logits ``[B, K, h, w]``
     (a tensor, or an output with ``.logits`` such as ``SemanticSegmenterOutput``; logits at a lower
@@ -406,12 +470,19 @@ def predict_scene(
         >>> from di3cl_hf.loading import load_model_and_processor  # doctest: +SKIP
         >>> model, processor = load_model_and_processor("outputs/water")  # doctest: +SKIP
         >>> predict_scene(model, "scene.tif", "water.tif", processor)  # doctest: +SKIP
+        >>> raster = read_sar("scene.tif")  # or any SARRaster(array, valid_mask, crs, transform, nodata, ...)
+        >>> predict_scene(model, raster, None, processor).classes  # doctest: +SKIP
 
     Args:
         model: The segmentation model.
-        input_path: The SAR scene (GeoTIFF/TIFF, PNG/JPG or ``.npy``; 1 or 2 bands, or ``bands``).
+        source: The SAR scene (1 or 2 bands, or ``bands``): a path (GeoTIFF/TIFF, PNG/JPG or
+            ``.npy``), a list of single-band per-polarisation files (``[vv.tif, vh.tif]``), an open
+            rasterio dataset (left open), or an in-memory :class:`~di3cl_hf.data.sario.SARRaster`
+            (see :mod:`di3cl_hf.inference.sources`). Every kind gives the same prediction.
         output_path: The GeoTIFF to write; it appears only once complete. Never the input; an
             existing file only with ``overwrite``; its folder must exist. Checked before computing.
+            ``None``: nothing is written, the prediction is returned in ``ScenePrediction.array``
+            (the same uint8 values the file would hold) with the scene's ``crs`` and ``transform``.
         processor: A ``DI3CLImageProcessor`` carrying the radiometry (kind, dB range, nodata value,
             normalisation). ``None`` builds the default one for ``model.config.num_channels``.
         tile_size: Tile height and width fed to the model (a multiple of 32 for DI3CL models).
@@ -449,7 +520,8 @@ def predict_scene(
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     check_tiling(tile_size, overlap, batch_size)
-    output_path = check_output_path(output_path, [input_path], overwrite=overwrite)
+    if output_path is not None:
+        output_path = check_output_path(output_path, source_files(source), overwrite=overwrite)
     weights_1d = blend_weights(tile_size, overlap, blend)
     device = torch.device(device) if device is not None else default_device()
     dtype = precision_dtype(resolve_precision(precision, device))
@@ -461,7 +533,7 @@ def predict_scene(
         StopSignal(raise_on_signal=True, message="stopping, removing the unfinished output"),
         reuse_large_allocations(device.type == "cpu", max_block_mib=64),
         rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb)),
-        open_scene(input_path) as scene,
+        open_source(source) as scene,
     ):
         preprocess = ScenePreprocessor(processor, scene, bands)
         layout = _Layout(
@@ -473,7 +545,10 @@ def predict_scene(
             output_type=output_type,
             band_names=_class_names(model, num_labels) if output_type == "probabilities" else ["class"],
         )
-        skipped = _write_prediction(output_path, scene, preprocess, runner, layout, batch_size, cog, progress)
+        sink = _ArraySink(scene, layout) if output_path is None else None
+        skipped = _write_prediction(
+            output_path, scene, preprocess, runner, layout, batch_size, cog, progress, sink=sink
+        )
     return ScenePrediction(
         path=output_path,
         height=scene.height,
@@ -483,6 +558,10 @@ def predict_scene(
         seconds=time.perf_counter() - start,
         autocast_dtype=str(dtype or torch.float32).replace("torch.", ""),
         input_kind=preprocess.input_kind,
+        array=sink.array if sink is not None else None,
+        output_type=output_type,
+        crs=scene.crs,
+        transform=scene.transform,
     )
 
 
@@ -517,8 +596,25 @@ class _Layout:
     band_names: list[str]
 
 
+class _ArraySink:
+    """Where the blender writes when no output file is given: the uint8 bands ``[B, H, W]`` in memory."""
+
+    def __init__(self, scene: Any, layout: _Layout) -> None:
+        self.array = np.full((len(layout.band_names), scene.height, scene.width), OUTPUT_NODATA, np.uint8)
+
+    def write(self, array: np.ndarray, window: Window) -> None:
+        rows = slice(window.row_off, window.row_off + window.height)
+        self.array[:, rows, window.col_off : window.col_off + window.width] = array
+
+    def __enter__(self) -> _ArraySink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 def _write_prediction(
-    output_path: Path,
+    output_path: Path | None,
     scene: Any,
     preprocess: ScenePreprocessor,
     runner: _TileRunner,
@@ -526,20 +622,27 @@ def _write_prediction(
     batch_size: int,
     cog: bool,
     progress: bool,
+    sink: _ArraySink | None = None,
 ) -> int:
-    """Predict every tile of ``scene`` into the atomic GeoTIFF ``output_path``; returns the skipped tiles."""
-    with create_geotiff(
-        output_path,
-        scene.height,
-        scene.width,
-        count=len(layout.band_names),
-        dtype="uint8",
-        crs=scene.crs,
-        transform=scene.transform,
-        nodata=OUTPUT_NODATA,
-        cog=cog,
-        band_names=layout.band_names,
-    ) as writer:
+    """Predict every tile of ``scene`` into the atomic GeoTIFF ``output_path`` (or into ``sink`` when it
+    is given); returns the skipped tiles."""
+    destination = (
+        sink
+        if sink is not None
+        else create_geotiff(
+            output_path,
+            scene.height,
+            scene.width,
+            count=len(layout.band_names),
+            dtype="uint8",
+            crs=scene.crs,
+            transform=scene.transform,
+            nodata=OUTPUT_NODATA,
+            cog=cog,
+            band_names=layout.band_names,
+        )
+    )
+    with destination as writer:
         blender = _TileBlender(
             writer=writer,
             height=scene.height,
