@@ -25,7 +25,8 @@ Chance top-1 is 1/(K+1) = 0.4 %. Mean top-1 per 10-update window (global / conto
 (the queue has just been filled with real keys), 65 % / 27 % at update 70, 64 % / 44 % at update 160, then
 slowly down to 16-25 % / 15-25 % at update 300-400 while the instance loss keeps falling (1.5 -> 0.2); the same
 rise-then-fall appears with the instance term off, so it comes from the contrastive task on this small,
-homogeneous synthetic set, not from the instance head. ~20-30 images/s with bf16 autocast.
+homogeneous synthetic set, not from the instance head. ~20-30 images/s with bf16 autocast (a CPU with native
+bf16, AVX512_BF16; elsewhere `auto` runs fp32).
 """
 
 import sys

@@ -456,7 +456,7 @@ def run_segmentation(
         batch_size=2,
         cog=False,
         progress=False,
-        precision="fp32",
+        precision="auto",  # di3cl_hf.runtime: bf16 only where the hardware runs it natively
     )
     num_labels = model.config.num_labels
     names = [str(model.config.id2label.get(index, index)) for index in range(num_labels)]
