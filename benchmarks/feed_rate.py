@@ -32,13 +32,12 @@ import torch
 from di3cl_hf.configuration_di3cl import DI3CLConfig
 from di3cl_hf.data.synthetic import synthetic_patch
 from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
-from di3cl_hf.runtime import cpu_capability
+from di3cl_hf.runtime import cpu_capability, cpu_description
 from di3cl_hf.training.augmentation import PretrainingTransform, TwoViewTransform
 from di3cl_hf.training.boxes import PretrainingCollator
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import cpu_flags, cpu_model  # noqa: E402  (the sibling GPU check's CPU description)
 
 MOCO_V2_V100_224 = 170.0
 """Published MoCo v2 pre-training throughput, images/s per V100 at 224 px (ResNet-50, 8 GPUs, 53 h/200 ep)."""
@@ -161,11 +160,7 @@ def table(rows: list[dict[str, Any]], measured: list[tuple[str, int, float]]) ->
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    flags = cpu_flags()
-    print(
-        f"CPU: {cpu_model()}; flags: "
-        + ", ".join(f"{name}={'yes' if on else 'no'}" for name, on in flags.items())
-    )
+    print(f"CPU: {cpu_description()}")
     print(f"torch {torch.__version__}, 1 thread; runtime.cpu_capability(): {cpu_capability()}")
     rows = []
     for view_size in args.sizes:

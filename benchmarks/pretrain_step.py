@@ -1,29 +1,36 @@
-"""One DI3CL pre-training step: our default step against a plain fp32 reference of the same method, in one run.
+"""One DI3CL pre-training step: ours against a naive fp32 reference and against the bare-network ceiling, in one run.
 
-Ours (what ``di3cl_hf.training.pretraining`` runs): ``DI3CLForPreTraining`` prepared by Accelerate with bf16 autocast (where
-the device supports it) and channels_last weights/inputs; the batch comes from ``PretrainingCollator``, which in
-training runs in the DataLoader workers, so its box sampling is not on the step's critical path.
+Ours (what ``di3cl_hf.training.pretraining`` runs): ``DI3CLForPreTraining`` prepared by Accelerate with the
+precision of ``di3cl_hf.runtime.resolve_precision`` (``auto``: bf16 autocast only where the CPU/GPU runs it
+natively, else fp32), channels_last weights/inputs, inside ``di3cl_hf.memory.reuse_large_allocations``; the batch
+comes from ``PretrainingCollator``, which in training runs in the DataLoader workers, so its box sampling is not
+on the step's critical path.
 
-Reference (written here, straightforwardly, the way the release does it): the same networks (timm ResNet encoder
-for query and key, global / contour / instance projectors, predictor, two queues, EMA, ROI-Align, the three losses
-and their weights) in float32 with contiguous memory, and box pairs sampled on the main process in a Python loop
+Reference (naive, written here the way the release does it): the same networks (timm ResNet encoder for query
+and key, global / contour / instance projectors, predictor, two queues, EMA, ROI-Align, the three losses and
+their weights) in float32 with contiguous memory, and box pairs sampled on the main process in a Python loop
 between data loading and the forward pass (part of its step).
 
-Both get the same views (made once, outside the timing: the augmentation costs the same for both). Our steps run
-inside ``di3cl_hf.memory.reuse_large_allocations`` as in the training loop (large activations reused from the
-heap; glibc's setting is process-wide, so the phases cannot interleave step by step): reference steps, then
-ours, then reference steps again, so that drifting background load affects both alike. Prints both median
-step times and the ratio.
+Ceiling (``benchmarks/bare_network.py``): the network work the DI3CL step cannot avoid, alone -- the same ResNet
+forward + backward on the batch's query views plus a momentum copy's forward on its key views (no heads, queues,
+EMA, ROI-Align, boxes or optimiser step), in the fastest of fp32 contiguous / fp32 channels_last / bf16 autocast
++ channels_last (bf16 only where native). "ours / ceiling" = ceiling time / our time: the share of the step that
+is the unavoidable network (1.0 = the DI3CL machinery is free).
+
+Targets (issue 13): ours >= 0.9x the ceiling; ours >= 4x the reference where bf16 is native, >= 1.3x where not.
+
+All get the same views (made once, outside the timing). Order: reference, ceiling, ours, ceiling, reference, so
+that drifting background load affects all alike (medians over both passes).
 
     python benchmarks/pretrain_step.py                 # ResNet-50, 448 px, batch 8 (the issue's setting)
     python benchmarks/pretrain_step.py --backbone resnet18 --image_size 128 --iterations 2   # quick check
+    python benchmarks/pretrain_step.py --simulate-no-native-bf16   # what a CPU without AVX512_BF16/AMX gets
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import random
 import statistics
 import sys
@@ -41,11 +48,18 @@ from di3cl_hf.configuration_di3cl import DI3CLConfig
 from di3cl_hf.data.synthetic import synthetic_patch
 from di3cl_hf.memory import reuse_large_allocations
 from di3cl_hf.modeling_di3cl import DI3CLForPreTraining
-from di3cl_hf.runtime import accelerate_mixed_precision, resolve_precision
+from di3cl_hf.runtime import (
+    PRECISIONS,
+    accelerate_mixed_precision,
+    cpu_description,
+    native_bf16,
+    resolve_precision,
+)
 from di3cl_hf.training.pretraining import PretrainingArguments, build_optimizer
 from di3cl_hf.training.pretraining_data import build_transform_and_collator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bare_network import available_modes, simulated_no_native_bf16, training_ceiling  # noqa: E402  (sibling)
 from boxes import reference_box_pairs  # noqa: E402  (the sibling benchmark's Python loop)
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,12 +155,7 @@ class ReferenceDI3CL(nn.Module):
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "CPU"
-    return f"{model} ({torch.get_num_threads()} threads)"
+    return cpu_description()
 
 
 def main() -> None:
@@ -164,10 +173,22 @@ def main() -> None:
         default=None,
         help="torch intra-op threads (default: torch's; 1 is steadier on a busy CPU)",
     )
+    parser.add_argument(
+        "--precision", default="auto", choices=PRECISIONS, help="ours' precision (auto: the runtime resolver)"
+    )
+    parser.add_argument(
+        "--simulate-no-native-bf16",
+        action="store_true",
+        help="torch reports no AVX512_BF16/AMX (the Intel Xeon of issue 13): auto -> fp32, no bf16 ceiling",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    with simulated_no_native_bf16(args.simulate_no_native_bf16):
+        run(args)
 
+
+def run(args: argparse.Namespace) -> None:  # one linear benchmark script (setup, phases, report): kept whole
     from accelerate import Accelerator
 
     torch.manual_seed(0)
@@ -176,7 +197,10 @@ def main() -> None:
         backbone=args.backbone, image_size=args.image_size
     )  # release sizes: K 65536, 2048 hidden
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = resolve_precision("auto", device)
+    precision = resolve_precision(args.precision, device, log=False)
+    native, why = native_bf16(device)
+    why = why if args.precision == "auto" else "requested explicitly"
+    modes = available_modes(device)
     run_args = PretrainingArguments(backbone=args.backbone, image_size=args.image_size)
     _, transform, collator = build_transform_and_collator(run_args, config)
     images = [
@@ -256,13 +280,28 @@ def main() -> None:
                 times.append(seconds)
         return times
 
+    def ceiling() -> dict[str, float]:
+        return training_ceiling(
+            args.backbone, config.num_channels, args.batch_size, args.image_size, device=device, modes=modes,
+            warmup=args.warmup, iterations=args.iterations,
+        )  # fmt: skip
+
     reference_times = phase("reference", reference_step)
+    ceilings = [ceiling()]
     with reuse_large_allocations(device.type == "cpu"):  # what the training loop runs in
         ours_times = phase("ours", our_step)
+    ceilings.append(ceiling())
     reference_times += phase("reference", reference_step)
 
     t_reference, t_ours = statistics.median(reference_times), statistics.median(ours_times)
-    print(f"device: {device_name()}; torch {torch.__version__}")
+    ceiling_modes = {mode: statistics.mean(c[mode] for c in ceilings) for mode in modes}
+    best_mode = min(ceiling_modes, key=ceiling_modes.get)
+    t_ceiling = ceiling_modes[best_mode]
+    simulated = (
+        "  [SIMULATED: torch told the CPU has no AVX512_BF16/AMX]" if args.simulate_no_native_bf16 else ""
+    )
+    print(f"device: {device_name()}; torch {torch.__version__}{simulated}")
+    print(f"precision: {precision} ({args.precision}: {why})")
     print(
         f"setting: {args.backbone}, {args.image_size} px, batch {args.batch_size}, {config.num_channels} channels, "
         f"queue {config.queue_size}, hidden {config.projection_hidden_dim}; medians of {args.iterations} steps "
@@ -270,11 +309,26 @@ def main() -> None:
     )
     print(f"reference step (fp32, contiguous, boxes in a Python loop): {t_reference:.3f} s")
     print(f"   of which the Python box loop: {statistics.median(box_loop) * 1e3:.1f} ms")
-    print(f"our step ({precision} autocast, channels_last, collator boxes): {t_ours:.3f} s")
+    print(f"our step ({precision}, channels_last, heap reuse, collator boxes): {t_ours:.3f} s")
     print(
         f"   collator box sampling (in DataLoader workers, off the step): {statistics.median(collate) * 1e3:.1f} ms"
     )
-    print(f"speed-up: {t_reference / t_ours:.2f}x")
+    print(
+        "ceiling (bare ResNet: query forward+backward + key forward), mean of before/after: "
+        + ", ".join(f"{mode} {seconds:.3f} s" for mode, seconds in ceiling_modes.items())
+        + f" -> best {best_mode}"
+    )
+    vs_reference, vs_ceiling = t_reference / t_ours, t_ceiling / t_ours
+    native_bf16_step = native and precision == "bf16"
+    target_reference = 4.0 if native_bf16_step else 1.3
+    print(
+        f"ours vs naive fp32 reference: {vs_reference:.2f}x (target >= {target_reference:g}x: ours "
+        f"{'runs native bf16' if native_bf16_step else 'runs without native bf16'}) "
+        f"{'PASS' if vs_reference >= target_reference else 'FAIL'}"
+    )
+    print(
+        f"ours vs bare-network ceiling: {vs_ceiling:.2f}x (target >= 0.9x) {'PASS' if vs_ceiling >= 0.9 else 'FAIL'}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ For each scene size (default 4096x4096 and 16384x16384) a synthetic dual-pol sce
 land-cover-like blocks with speckle-like noise) is generated on the fly, window by window, into an
 uncompressed tiled GeoTIFF. Then a fresh Python process per size:
 
-1. runs ``predict_scene`` (tiles of 512 px, overlap 64, batch 4, bf16 autocast where supported,
+1. runs ``predict_scene`` (tiles of 512 px, overlap 64, batch 4, the resolver's precision,
    class map written as a COG) and records its wall time and peak resident memory
    (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; tracemalloc does not see torch's allocations);
 2. the reference, in its own fresh process just before and again just after (the load of a shared
@@ -14,8 +14,16 @@ uncompressed tiled GeoTIFF. Then a fresh Python process per size:
    the first ``--reference-tiles`` tiles and is scaled per tile (holding all 1,369 tiles of a 16k
    scene in memory would take ~2.9 GB and as long again as the scene itself).
 
-Targets (ISSUE 7): peak memory flat (largest scene within 1.25x of the smallest) and throughput within
-1.2x of the in-memory loop. Model: DI3CL resnet18 + UperNet (decoder width 64), 10 classes, random
+3. the bare-network ceiling (``benchmarks/bare_network.py``), in its own fresh process after the reference:
+   the model's forward alone over the same in-memory tiles (warm model, no softmax), in the fastest mode the
+   machine runs natively (fp32 contiguous / fp32 channels_last / bf16 autocast + channels_last where bf16 is
+   native).
+
+Targets (ISSUE 7, issue 13): peak memory flat (largest scene within 1.25x of the smallest), throughput within
+1.2x of the in-memory loop, and ``predict_scene`` >= 0.9x the bare-network ceiling.
+Precision: ``--precision`` (default ``auto``: the runtime resolver, bf16 only where native) for
+``predict_scene`` and the reference; ``--simulate-no-native-bf16`` makes torch report a CPU without
+AVX512_BF16/AMX (auto -> fp32, no bf16 ceiling), as on the Intel Xeon of issue 13. Model: DI3CL resnet18 + UperNet (decoder width 64), 10 classes, random
 weights (speed and memory do not depend on the weights).
 
 The children run with ``OMP_WAIT_POLICY=PASSIVE`` (unless set): on a shared CPU, spinning OpenMP
@@ -30,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -95,7 +102,7 @@ def child_predict(args: argparse.Namespace) -> dict:
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = predict_scene(
         model, args.scene, args.output, DI3CLImageProcessor(num_channels=2), tile_size=args.tile_size,
-        overlap=args.overlap, batch_size=args.batch_size, progress=False, overwrite=True,
+        overlap=args.overlap, batch_size=args.batch_size, progress=False, overwrite=True, precision=args.precision,
     )  # fmt: skip
     return {
         "size": result.height,
@@ -109,19 +116,14 @@ def child_predict(args: argparse.Namespace) -> dict:
     }
 
 
-def child_reference(args: argparse.Namespace) -> dict:
-    """The reference in a fresh process: the scene's first tiles, read and preprocessed into memory
-    first, then one plain batch loop (model + softmax, nothing else), timed from a cold model."""
+def _memory_tiles(args: argparse.Namespace):
+    """The scene's first ``--reference-tiles`` tiles, read and preprocessed into one in-memory tensor."""
     import torch
 
     from di3cl_hf.data.sario import open_scene
     from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
-    from di3cl_hf.inference.scene import ScenePreprocessor, _logits_of, tile_starts
-    from di3cl_hf.runtime import autocast_dtype as precision_dtype
-    from di3cl_hf.runtime import resolve_precision
+    from di3cl_hf.inference.scene import ScenePreprocessor, tile_starts
 
-    model = _model(args.num_labels, args.decoder_width).to(memory_format=torch.channels_last)
-    autocast_dtype = precision_dtype(resolve_precision("auto", torch.device("cpu")))
     with open_scene(args.scene) as scene:
         preprocess = ScenePreprocessor(DI3CLImageProcessor(num_channels=2), scene)
         rows = tile_starts(scene.height, args.tile_size, args.overlap)
@@ -131,7 +133,21 @@ def child_reference(args: argparse.Namespace) -> dict:
         for y, x in positions:
             raster = scene.read((y, x, args.tile_size, args.tile_size))
             tiles.append(preprocess(raster.array, raster.valid_mask)[0])
-    tiles = torch.from_numpy(np.stack(tiles))
+    return torch.from_numpy(np.stack(tiles))
+
+
+def child_reference(args: argparse.Namespace) -> dict:
+    """The reference in a fresh process: the scene's first tiles, read and preprocessed into memory
+    first, then one plain batch loop (model + softmax, nothing else), timed from a cold model."""
+    import torch
+
+    from di3cl_hf.inference.scene import _logits_of
+    from di3cl_hf.runtime import autocast_dtype as precision_dtype
+    from di3cl_hf.runtime import resolve_precision
+
+    model = _model(args.num_labels, args.decoder_width).to(memory_format=torch.channels_last)
+    autocast_dtype = precision_dtype(resolve_precision(args.precision, torch.device("cpu")))
+    tiles = _memory_tiles(args)
     autocast = dict(
         device_type="cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
     )
@@ -144,13 +160,24 @@ def child_reference(args: argparse.Namespace) -> dict:
     return {"tiles": len(tiles), "seconds_per_tile": (time.perf_counter() - start) / len(tiles)}
 
 
+def child_ceiling(args: argparse.Namespace) -> dict:
+    """The bare-network ceiling in a fresh process: the model's forward alone over the same in-memory tiles,
+    in each mode the machine runs natively (see benchmarks/bare_network.py); the fastest is the ceiling."""
+    from bare_network import inference_ceiling  # torch-heavy sibling: imported in the child only
+
+    model = _model(args.num_labels, args.decoder_width)
+    modes = inference_ceiling(model, _memory_tiles(args), args.batch_size, log=lambda line: None)
+    best = min(modes, key=modes.get)
+    return {"seconds_per_tile": modes[best], "mode": best, "modes": modes}
+
+
 def _run_child(kind: str, scene: Path, output: Path, args: argparse.Namespace) -> dict:
     command = [
         sys.executable, __file__, "--child", kind, "--scene", str(scene), "--output", str(output),
         "--tile-size", str(args.tile_size), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
         "--num-labels", str(args.num_labels), "--decoder-width", str(args.decoder_width),
-        "--reference-tiles", str(args.reference_tiles),
-    ]  # fmt: skip
+        "--reference-tiles", str(args.reference_tiles), "--precision", args.precision,
+    ] + (["--simulate-no-native-bf16"] if args.simulate_no_native_bf16 else [])  # fmt: skip
     # Passive OpenMP waiting: on a shared CPU, spinning worker threads that get descheduled slow
     # convolutions down 3-4x (measured here); every child runs with it.
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
@@ -160,7 +187,60 @@ def _run_child(kind: str, scene: Path, output: Path, args: argparse.Namespace) -
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def scenes_throughput(args: argparse.Namespace) -> int:
+    """``--scenes N``: ``di3cl predict ... --output-dir`` over N scenes of ``--sizes[0]`` px, as 1 process x 2
+    threads and as 2 processes x 1 thread (``accelerate launch --multi_gpu --num_processes 2``, gloo on the
+    CPU); wall time of the whole command (start-up and model loading included)."""
+    from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="di3cl-scenes-bench-"))
+    size, model_dir = args.sizes[0], workdir / "model"
+    (workdir / "scenes").mkdir(parents=True, exist_ok=True)
+    try:
+        for index in range(args.scenes):
+            generate_scene(workdir / "scenes" / f"scene{index:03d}.tif", size, seed=index)
+        _model(args.num_labels, args.decoder_width).save_pretrained(model_dir)
+        DI3CLImageProcessor(num_channels=2).save_pretrained(model_dir)
+        predict = ["-m", "di3cl_hf.cli", "predict", str(model_dir), str(workdir / "scenes"), "--quiet",
+                   "--tile-size", str(args.tile_size), "--overlap", str(args.overlap),
+                   "--batch-size", str(args.batch_size), "--precision", args.precision]  # fmt: skip
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "--main_process_port", str(29700 + os.getpid() % 1000)]  # fmt: skip
+        runs = {"1 process x 2 threads": ([sys.executable], "2"), "2 processes x 1 thread": (launch, "1")}
+        print(f"# {args.scenes} scenes of {size}x{size} px; tiles {args.tile_size}, overlap {args.overlap}, "
+              f"batch {args.batch_size}; wall time includes start-up and model loading")  # fmt: skip
+        for label, (prefix, threads) in runs.items():
+            out = workdir / f"out-{threads}"
+            env = {
+                **os.environ,
+                "OMP_NUM_THREADS": threads,
+                "OMP_WAIT_POLICY": "PASSIVE",
+                "HF_HUB_OFFLINE": "1",
+            }
+            start = time.perf_counter()
+            done = subprocess.run(
+                [*prefix, *predict, "--output-dir", str(out)], env=env, capture_output=True, text=True
+            )
+            seconds = time.perf_counter() - start
+            if done.returncode != 0:
+                raise RuntimeError(f"{label} failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+            megapixels = args.scenes * size * size / 1e6
+            print(f"{label:>24}: {seconds:7.1f} s  {megapixels / seconds:.3f} Mpx/s  "
+                  f"{args.scenes / seconds * 3600:.0f} scenes/h", flush=True)  # fmt: skip
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from bare_network import (
+        simulated_no_native_bf16,
+    )  # sibling (torch-heavy); the script folder is sys.path[0]
+
+    from di3cl_hf.runtime import PRECISIONS, cpu_description, native_bf16, resolve_precision
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -176,19 +256,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where scenes go (default: a temp dir, removed)"
     )
-    parser.add_argument("--child", choices=("predict", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: the runtime resolver (bf16 only where native)",
+    )
+    parser.add_argument(
+        "--simulate-no-native-bf16",
+        action="store_true",
+        help="torch reports no AVX512_BF16/AMX (the Intel Xeon of issue 13): auto -> fp32, no bf16 ceiling",
+    )
+    parser.add_argument(
+        "--scenes",
+        type=int,
+        default=0,
+        help="N scenes of --sizes[0] px: 1 process x 2 threads vs 2 processes x 1",
+    )
+    parser.add_argument("--child", choices=("predict", "reference", "ceiling"), help=argparse.SUPPRESS)
     parser.add_argument("--scene", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(child_predict(args) if args.child == "predict" else child_reference(args)))
-        return 0
+    with simulated_no_native_bf16(args.simulate_no_native_bf16):
+        if args.child:
+            child = {"predict": child_predict, "reference": child_reference, "ceiling": child_ceiling}[
+                args.child
+            ]
+            print(json.dumps(child(args)))
+            return 0
+        if args.scenes:
+            return scenes_throughput(args)
+        precision = resolve_precision(args.precision, "cpu", log=False)
+        why = native_bf16("cpu")[1] if args.precision == "auto" else "requested explicitly"
+        simulated = (
+            "  [SIMULATED: torch told the CPU has no AVX512_BF16/AMX]" if args.simulate_no_native_bf16 else ""
+        )
+        print(f"# CPU: {cpu_description()}{simulated}")
+        print(f"# precision: {precision} ({args.precision}: {why})")
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="di3cl-scene-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(
-        f"# scene benchmark on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads default"
-    )
+    print(f"# scene benchmark, {os.cpu_count()} CPUs, torch threads default")
     print(f"# model: DI3CL resnet18 + UperNet({args.decoder_width}), {args.num_labels} classes; tiles {args.tile_size} "
           f"px, overlap {args.overlap}, batch {args.batch_size}")  # fmt: skip
     results = []
@@ -206,12 +314,16 @@ def main(argv: list[str] | None = None) -> int:
             before = _run_child("reference", scene, workdir / "unused.tif", args)
             result = _run_child("predict", scene, workdir / f"classes-{size}.tif", args)
             after = _run_child("reference", scene, workdir / "unused.tif", args)
+            ceiling = _run_child("ceiling", scene, workdir / "unused.tif", args)
             reference = (before["seconds_per_tile"] + after["seconds_per_tile"]) / 2
             result.update(
                 reference_tiles=before["tiles"],
                 reference_seconds_per_tile=reference,
                 reference_spread=(before["seconds_per_tile"], after["seconds_per_tile"]),
                 reference_mpx_per_s=size * size / 1e6 / (reference * result["tiles"]),
+                ceiling_seconds_per_tile=ceiling["seconds_per_tile"],
+                ceiling_mode=ceiling["mode"],
+                ceiling_mpx_per_s=size * size / 1e6 / (ceiling["seconds_per_tile"] * result["tiles"]),
             )
             results.append(result)
             print(
@@ -220,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result['reference_mpx_per_s']:.3f} Mpx/s ({reference:.3f} s/tile over {before['tiles']} tiles; "
                 f"before {before['seconds_per_tile']:.3f}, after {after['seconds_per_tile']:.3f})  peak RSS "
                 f"{result['peak_rss_mb']:.0f} MiB (model loaded: {result['rss_after_model_mb']:.0f} MiB)  "
-                f"{result['autocast']}",
+                f"{result['autocast']}; ceiling {result['ceiling_mpx_per_s']:.3f} Mpx/s "
+                f"({ceiling['seconds_per_tile']:.3f} s/tile, {ceiling['mode']}; "
+                + ", ".join(f"{mode} {seconds:.3f}" for mode, seconds in ceiling["modes"].items())
+                + ")",
                 flush=True,
             )
             scene.unlink()
@@ -238,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"throughput {result['size']}: in-memory loop / predict_scene = {slowdown:.2f}x (target <= 1.2x) "
             f"{'OK' if slowdown <= 1.2 else 'MISSED'}"
+        )
+        vs_ceiling = result["mpx_per_s"] / result["ceiling_mpx_per_s"]
+        print(
+            f"throughput {result['size']}: predict_scene vs bare-network ceiling ({result['ceiling_mode']}) = "
+            f"{vs_ceiling:.2f}x (target >= 0.9x) {'PASS' if vs_ceiling >= 0.9 else 'FAIL'}"
         )
     return 0
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -55,6 +56,47 @@ def cpu_capability() -> dict[str, Any]:
         "amx_tile": probe("_is_amx_tile_supported"),
         "onednn_bf16_incl_emulated": onednn,
     }
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+"""The ``/proc/cpuinfo`` flags that decide the CPU's precision and speed class (see :func:`cpu_description`)."""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def cpu_flags(names: Sequence[str] = CPU_FLAGS) -> dict[str, bool]:
+    """Which of ``names`` the CPU reports in ``/proc/cpuinfo`` (all False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return {name: name in flags for name in names}
+
+
+def cpu_description() -> str:
+    """One line for benchmark output: model, the bf16-relevant flags and torch's thread count, e.g.
+    ``"AMD EPYC; avx512f yes, avx512_bf16 yes, amx no; 2 torch threads"``. AMX counts when torch sees AMX
+    tiles (``amx_tile`` in ``/proc/cpuinfo`` otherwise)."""
+    flags = cpu_flags(("avx512f", "avx512_bf16", "amx_tile"))
+    capability = cpu_capability()
+    avx512_bf16 = flags["avx512_bf16"] or capability["avx512_bf16"]
+    amx = flags["amx_tile"] or capability["amx_tile"]
+
+    def yes(value: bool) -> str:
+        return "yes" if value else "no"
+
+    return (
+        f"{cpu_model()}; avx512f {yes(flags['avx512f'])}, avx512_bf16 {yes(avx512_bf16)}, amx {yes(amx)}; "
+        f"{torch.get_num_threads()} torch threads"
+    )
 
 
 def native_bf16(device: torch.device | str) -> tuple[bool, str]:
@@ -173,7 +215,11 @@ __all__ = [
     "StopSignal",
     "accelerate_mixed_precision",
     "autocast_dtype",
+    "CPU_FLAGS",
     "cpu_capability",
+    "cpu_description",
+    "cpu_flags",
+    "cpu_model",
     "default_device",
     "native_bf16",
     "normalise_precision",

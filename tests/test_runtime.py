@@ -87,3 +87,31 @@ def test_choice_and_reason_are_logged_once(monkeypatch, caplog):
         runtime.resolve_precision("auto", "cpu")
     lines = [r.getMessage() for r in caplog.records if "precision" in r.getMessage()]
     assert len(lines) == 1 and "fp32" in lines[0] and "AVX512_BF16" in lines[0]
+
+
+def test_cpu_flags_and_description_read_cpuinfo(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: Test Xeon\nflags\t\t: fpu avx2 avx512f\n")
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(cpuinfo if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    _cpu(monkeypatch, avx512_bf16=False, amx=False, onednn=True)
+    assert runtime.cpu_model() == "Test Xeon"
+    assert runtime.cpu_flags() == {
+        "avx2": True,
+        "avx512f": True,
+        "avx512_bf16": False,
+        "amx_tile": False,
+        "amx_bf16": False,
+    }
+    description = runtime.cpu_description()
+    assert description.startswith("Test Xeon; avx512f yes, avx512_bf16 no, amx no;")
+
+
+def test_cpu_description_counts_what_torch_sees(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda names=runtime.CPU_FLAGS: dict.fromkeys(names, False))
+    _cpu(monkeypatch, avx512_bf16=False, amx=True, onednn=True)
+    assert "avx512_bf16 no, amx yes" in runtime.cpu_description()
