@@ -1,8 +1,9 @@
 """di3cl_hf: DI3CL, the self-supervised SAR land-cover foundation model, as a Hugging Face-native package.
 
 Importing the package registers the DI3CL classes with the transformers Auto classes (`AutoConfig`, `AutoModel`,
-`AutoBackbone`, `AutoModelForPreTraining`, `AutoModelForSemanticSegmentation`, `AutoImageProcessor`), so saved DI3CL
-folders load with these local classes and never prompt to run the folder's remote code.
+`AutoBackbone`, `AutoModelForPreTraining`, `AutoModelForSemanticSegmentation`, `AutoModelForImageClassification`,
+`AutoImageProcessor`), so saved DI3CL folders load with these local classes and never prompt to run the folder's
+remote code.
 """
 
 from transformers import (
@@ -10,6 +11,7 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageClassification,
     AutoModelForPreTraining,
     AutoModelForSemanticSegmentation,
     AutoVideoProcessor,
@@ -19,6 +21,7 @@ from .configuration_di3cl import DI3CLConfig
 from .image_processing_di3cl import DI3CLImageProcessor
 from .modeling_di3cl import (
     DI3CLBackbone,
+    DI3CLForImageClassification,
     DI3CLForPreTraining,
     DI3CLForPreTrainingOutput,
     DI3CLForSemanticSegmentation,
@@ -31,6 +34,7 @@ AutoModel.register(DI3CLConfig, DI3CLModel, exist_ok=True)
 AutoBackbone.register(DI3CLConfig, DI3CLBackbone, exist_ok=True)
 AutoModelForPreTraining.register(DI3CLConfig, DI3CLForPreTraining, exist_ok=True)
 AutoModelForSemanticSegmentation.register(DI3CLConfig, DI3CLForSemanticSegmentation, exist_ok=True)
+AutoModelForImageClassification.register(DI3CLConfig, DI3CLForImageClassification, exist_ok=True)
 AutoImageProcessor.register(DI3CLConfig, slow_image_processor_class=DI3CLImageProcessor, exist_ok=True)
 # DI3CL has no video processor: registered as an empty mapping so that transformers finds *local* code for
 # DI3CLConfig. Without it, `pipeline(...)` (which tries a video processor for every model) derives
@@ -41,6 +45,7 @@ AutoVideoProcessor.register(DI3CLConfig, video_processor_classes={}, exist_ok=Tr
 __all__ = [
     "DI3CLBackbone",
     "DI3CLConfig",
+    "DI3CLForImageClassification",
     "DI3CLForPreTraining",
     "DI3CLForPreTrainingOutput",
     "DI3CLForSemanticSegmentation",

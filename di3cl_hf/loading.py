@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoModel,
+    AutoModelForImageClassification,
     AutoModelForPreTraining,
     AutoModelForSemanticSegmentation,
 )
@@ -32,6 +33,7 @@ AUTO_CLASSES: dict[str, Any] = {
     "segmentation": AutoModelForSemanticSegmentation,
     "features": AutoModel,
     "pretraining": AutoModelForPreTraining,
+    "classification": AutoModelForImageClassification,
 }
 """Task name -> transformers Auto class. ``"features"`` loads the encoder from any DI3CL folder."""
 

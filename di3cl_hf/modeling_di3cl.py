@@ -23,6 +23,7 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import (
     BackboneOutput,
     BaseModelOutputWithPoolingAndNoAttention,
+    ImageClassifierOutput,
     SemanticSegmenterOutput,
 )
 from transformers.modeling_utils import PreTrainedModel
@@ -52,6 +53,7 @@ AUTO_MAP = {
     "AutoBackbone": "modeling_di3cl.DI3CLBackbone",
     "AutoModelForPreTraining": "modeling_di3cl.DI3CLForPreTraining",
     "AutoModelForSemanticSegmentation": "modeling_di3cl.DI3CLForSemanticSegmentation",
+    "AutoModelForImageClassification": "modeling_di3cl.DI3CLForImageClassification",
 }
 
 
@@ -450,6 +452,8 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
         contour_pooled = _concat_all_gather(maps[CONTOUR_STAGE].mean(dim=(2, 3)))[own]
         return global_map, contour_pooled
 
+    # Long on purpose: the three DI3CL tasks read top to bottom in METHOD.md's order (query, key, global,
+    # contour, instance, enqueue); most lines are the docstring and the output fields.
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -693,13 +697,80 @@ class DI3CLForSemanticSegmentation(DI3CLPreTrainedModel):
         return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=None)
 
 
+class DI3CLForImageClassification(DI3CLPreTrainedModel):
+    """DI3CL encoder + global average pooling of the last stage + optional dropout + linear classifier.
+
+    `DI3CLForImageClassification.from_pretrained(<any DI3CL folder>, num_labels=..., id2label=..., label2id=...)`
+    reuses the (query) encoder and initialises the new linear head; label names travel in `config.id2label`, so
+    `pipeline("image-classification", model=folder)` returns them. Dropout before the classifier is
+    `config.classifier_dropout` (default 0; pass it to the config or to `from_pretrained`). With `labels` the loss is
+    transformers' image-classification loss: cross-entropy for integer labels and `num_labels > 1` (regression or
+    multi-label BCE when `config.problem_type` says so).
+    """
+
+    def __init__(self, config: DI3CLConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.di3cl = DI3CLModel(config)
+        self.dropout = nn.Dropout(float(getattr(config, "classifier_dropout", None) or 0.0))
+        hidden_size = self.di3cl.num_features[-1]
+        self.classifier = (
+            nn.Linear(hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised SAR images (see `DI3CLImageProcessor`).
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Class index per image in `[0, config.num_labels - 1]`.
+            output_hidden_states (`bool`, *optional*):
+                Whether to return the encoder's five stage maps.
+            return_dict (`bool`, *optional*):
+                Whether to return an `ImageClassifierOutput` instead of a tuple.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        encoder_outputs = self.di3cl(
+            pixel_values, output_hidden_states=output_hidden_states, return_dict=True
+        )
+        logits = self.classifier(self.dropout(encoder_outputs.pooler_output))
+
+        loss = None
+        if labels is not None:
+            if labels.shape[0] != pixel_values.shape[0]:
+                raise ValueError(
+                    f"labels: {labels.shape[0]} labels for a batch of {pixel_values.shape[0]} images"
+                )
+            loss = self.loss_function(labels, logits.float(), self.config)
+
+        hidden_states = encoder_outputs.hidden_states
+        if not return_dict:
+            output = (logits,) + ((hidden_states,) if hidden_states is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=None)
+
+
 DI3CLModel.register_for_auto_class("AutoModel")
 DI3CLBackbone.register_for_auto_class("AutoBackbone")
 DI3CLForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 DI3CLForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+DI3CLForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
     "DI3CLBackbone",
+    "DI3CLForImageClassification",
     "DI3CLForPreTraining",
     "DI3CLForPreTrainingOutput",
     "DI3CLForSemanticSegmentation",

@@ -212,6 +212,7 @@ def export_parquet(
     return written
 
 
+# Long because most of it is the card's Markdown template; the logic is ~20 lines.
 def dataset_card(
     features: datasets.Features,
     splits: Mapping[str, int],

@@ -229,7 +229,7 @@ def _describe_radiometry(processor: Mapping[str, Any], num_channels: int) -> str
     std = processor.get("image_std")
     nodata = processor.get("nodata_value")
     bands = {
-        1: "1 band (VV)",
+        1: "1 band (one polarisation: VV, or the band it was trained on, e.g. VH, see Training)",
         2: "2 bands (VV, VH)",
         3: "3 bands (replicated grey, as in the original release)",
     }
@@ -250,8 +250,16 @@ def _describe_radiometry(processor: Mapping[str, Any], num_channels: int) -> str
     return "\n".join(lines)
 
 
-def _loading_snippets(repo_id: str, segmentation: bool, num_channels: int, has_code: bool) -> str:
-    model_class = "AutoModelForSemanticSegmentation" if segmentation else "AutoModel"
+def _loading_snippets(
+    repo_id: str, segmentation: bool, num_channels: int, has_code: bool, classification: bool = False
+) -> str:
+    model_class = (
+        "AutoModelForSemanticSegmentation"
+        if segmentation
+        else "AutoModelForImageClassification"
+        if classification
+        else "AutoModel"
+    )
     parts = [
         "### With the `di3cl-hf` package",
         "",
@@ -279,6 +287,8 @@ def _loading_snippets(repo_id: str, segmentation: bool, num_channels: int, has_c
             f"di3cl predict {repo_id} scene.tif mask.tif",
             "```",
         ]
+    elif classification:
+        parts += ["label = model.config.id2label[int(outputs.logits.argmax(-1)[0])]", "```"]
     else:
         parts += ["features = outputs.last_hidden_state  # [B, C, H/32, W/32]", "```"]
     parts += ["", "### Without the package", ""]
@@ -346,6 +356,7 @@ class _ModelFacts:
     synthetic: bool
     evaluation: Mapping[str, Any] | None
     eval_results: list[EvalResult] | None
+    classification: bool = False
 
 
 def _model_facts(
@@ -373,6 +384,7 @@ def _model_facts(
         processor=read_processor_config(model_dir),
         segmentation=any("SemanticSegmentation" in name for name in architectures),
         pretraining=any("PreTraining" in name for name in architectures),
+        classification=any("ImageClassification" in name for name in architectures),
         num_channels=int(config.get("num_channels", 2)),
         backbone=str(config.get("backbone", "resnet50")),
         id2label={int(key): value for key, value in (config.get("id2label") or {}).items()},
@@ -396,7 +408,13 @@ def _card_data(facts: _ModelFacts, license: str, tags: Iterable[str]) -> ModelCa
     return ModelCardData(
         license=license,
         library_name="transformers",
-        pipeline_tag="image-segmentation" if facts.segmentation else "image-feature-extraction",
+        pipeline_tag=(
+            "image-segmentation"
+            if facts.segmentation
+            else "image-classification"
+            if facts.classification
+            else "image-feature-extraction"
+        ),
         tags=all_tags,
         datasets=facts.dataset_ids or None,
         base_model=facts.base_model,
@@ -409,6 +427,8 @@ def _card_data(facts: _ModelFacts, license: str, tags: Iterable[str]) -> ModelCa
 def _intro_section(facts: _ModelFacts) -> list[str]:
     if facts.segmentation:
         kind = "semantic segmentation"
+    elif facts.classification:
+        kind = "image classification"
     else:
         kind = "pre-training" if facts.pretraining else "feature extraction"
     task = facts.task
@@ -464,7 +484,9 @@ def _usage_section(facts: _ModelFacts, has_code: bool) -> list[str]:
         "",
         "## How to use",
         "",
-        _loading_snippets(facts.repo_id, facts.segmentation, facts.num_channels, has_code),
+        _loading_snippets(
+            facts.repo_id, facts.segmentation, facts.num_channels, has_code, facts.classification
+        ),
         "",
     ]
     if facts.run_info:

@@ -39,6 +39,7 @@ MODEL_AUTO_CLASSES = {
     "AutoModel": "modeling_di3cl.DI3CLModel",
     "AutoBackbone": "modeling_di3cl.DI3CLBackbone",
     "AutoModelForSemanticSegmentation": "modeling_di3cl.DI3CLForSemanticSegmentation",
+    "AutoModelForImageClassification": "modeling_di3cl.DI3CLForImageClassification",
 }
 PROCESSOR_AUTO_CLASSES = {"AutoImageProcessor": "image_processing_di3cl.DI3CLImageProcessor"}
 

@@ -276,6 +276,8 @@ def sample_box_pairs(
     return tuple(boxes.clone() for boxes in found)
 
 
+# One vectorised pass over the whole batch (draw, IoU, greedy accept, gather); split up it would need the
+# planar intermediates passed between pieces, which is what made it fast (benchmarks/boxes.py).
 def _sample(
     geometry: torch.Tensor,
     boxes_per_image: int,
