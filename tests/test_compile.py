@@ -42,7 +42,7 @@ def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-@pytest.mark.slow
+@pytest.mark.compile  # minutes of inductor compilation: not in make test; run with pytest -m compile
 @needs_compiler
 def test_compiled_finetuning_steps_equal_eager():
     torch.manual_seed(0)
@@ -71,7 +71,7 @@ def test_compiled_finetuning_steps_equal_eager():
             optimizer.zero_grad(set_to_none=True)
 
 
-@pytest.mark.slow
+@pytest.mark.compile  # minutes of inductor compilation: not in make test; run with pytest -m compile
 @needs_compiler
 def test_compiled_pretraining_step_equals_eager():
     torch.manual_seed(0)
