@@ -1,4 +1,4 @@
-# Two entry points: `make demo` (the main job on the embedded synthetic data) and `make test`.
+# Two entry points: `make demo` (the main job on the embedded real Sentinel-1 sample, plus synthetic sets) and `make test`.
 # Each builds its own virtual environment from the project's own files (pinned by constraints.txt).
 PYTHON ?= python3
 VENV := .venv

@@ -1,4 +1,5 @@
-"""The main job (``make demo``) end to end, in its quick variant: every stage runs and leaves its outputs."""
+"""The main job (``make demo``): its real-SAR parts (tiling the embedded Sentinel-1 scenes, the water fold, heads
+built on a pre-trained encoder without transformers' load report) and, slow, the quick variant end to end."""
 
 from __future__ import annotations
 
@@ -10,11 +11,88 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
+
+from di3cl_hf.demo import WATER_HELD_OUT, results_table, tile_scenes, water_fold
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "samples" / "sentinel1"
+needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason="the embedded Sentinel-1 sample is absent")
+
+
+@needs_sample
+def test_tile_scenes_cuts_georeferenced_256_tiles(tmp_path: Path):
+    tiles = tile_scenes(SAMPLE / "scenes", tmp_path, 256, limit=1)
+    scene = sorted((SAMPLE / "scenes").glob("*.tif"))[0]
+    assert [t.name for t in tiles] == [f"{scene.stem}_{r}{c}.tif" for r in range(4) for c in range(4)]
+    with rasterio.open(scene) as source, rasterio.open(tiles[5]) as tile:  # row 1, column 1
+        assert (tile.width, tile.height, tile.count, tile.dtypes) == (256, 256, source.count, source.dtypes)
+        assert tile.crs == source.crs
+        assert tile.transform == source.transform @ source.transform.translation(256, 256)
+        np.testing.assert_array_equal(tile.read(), source.read(window=((256, 512), (256, 512))))
+        assert tile.descriptions == source.descriptions
+
+
+@needs_sample
+def test_water_fold_holds_one_real_chip_out_as_vh(tmp_path: Path):
+    from di3cl_hf.data.segmentation import load_segmentation
+
+    fold = water_fold(SAMPLE / "water", WATER_HELD_OUT, tmp_path / "fold")
+    splits = load_segmentation(fold, task="water", cache_dir=str(tmp_path / "cache"))
+    assert len(splits["train"]) == 4 and len(splits["test"]) == 1
+    assert np.asarray(splits["test"][0]["image"]).shape[0] == 1  # VH only
+    with rasterio.open(SAMPLE / "water" / "images" / f"{WATER_HELD_OUT}_vh.tif") as vh:
+        np.testing.assert_array_equal(
+            np.nan_to_num(np.asarray(splits["test"][0]["image"])[0]), np.nan_to_num(vh.read(1))
+        )
+    with pytest.raises(ValueError, match="no chip"):
+        water_fold(SAMPLE / "water", "nope", tmp_path / "other")
+
+
+def test_heads_on_a_pretrained_encoder_load_it_strictly_without_a_load_report(tmp_path: Path, capfd):
+    from safetensors.torch import load_file, save_file
+
+    from di3cl_hf import DI3CLConfig, DI3CLModel
+    from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
+    from di3cl_hf.training.finetuning import FinetuneArguments, build_model
+
+    encoder = DI3CLModel(DI3CLConfig(backbone="resnet18", num_channels=1))
+    encoder.save_pretrained(tmp_path / "encoder")
+    DI3CLImageProcessor(num_channels=1, image_mean=[0.3], image_std=[0.1]).save_pretrained(
+        tmp_path / "encoder"
+    )
+    capfd.readouterr()
+    args = FinetuneArguments(
+        data_dir="unused", task="water", init="di3cl", model_name_or_path=str(tmp_path / "encoder"),
+        decoder_hidden_size=16, output_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    model, processor = build_model(args, ["not_water", "water"])
+    output = "".join(capfd.readouterr())
+    assert "LOAD REPORT" not in output and "MISSING" not in output
+    for key, value in encoder.state_dict().items():
+        torch.testing.assert_close(model.base_model.state_dict()[key], value, rtol=0, atol=0)
+    assert model.config.num_labels == 2 and processor.image_mean == [0.3]
+    # the encoder's own keys are still checked: a missing one is an error, not a silently random tensor
+    weights = load_file(str(tmp_path / "encoder" / "model.safetensors"))
+    weights.pop("encoder.conv1.weight")
+    save_file(weights, str(tmp_path / "encoder" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(RuntimeError, match="conv1.weight"):
+        build_model(args, ["not_water", "water"])
+
+
+def test_results_table_says_real_or_synthetic_row_by_row():
+    water = {init: {"water IoU": 0.5, "water F1": 0.6} for init in ("di3cl", "random")}
+    scores = {"miou": 0.25, "mean_f1": 0.3}
+    synthetic = {
+        "results": {t: {i: {"0.1": scores} for i in ("di3cl", "random")} for t in ("landcover", "roads")}
+    }
+    rows = results_table(water, synthetic).splitlines()[2:]
+    assert [row.split("|")[2].strip() for row in rows] == ["real (Sentinel-1)"] * 2 + ["synthetic"] * 4
+    assert rows[0].split("|")[5].strip() == "50.0"
 
 
 @pytest.mark.slow
+@needs_sample
 def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     output = tmp_path / "demo"
     result = subprocess.run(
@@ -25,29 +103,32 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Results on SYNTHETIC data" in result.stdout
+    assert "| water | real (Sentinel-1) |" in result.stdout and "| roads | synthetic |" in result.stdout
+    assert "LOAD REPORT" not in result.stdout + result.stderr
 
-    from di3cl_hf import DI3CLForSemanticSegmentation, DI3CLModel
+    from di3cl_hf import DI3CLForSemanticSegmentation, DI3CLImageProcessor, DI3CLModel
 
-    encoder = DI3CLModel.from_pretrained(output / "pretrain" / "encoder")
-    assert encoder.config.num_channels == 2
+    encoder_dir = output / "pretrain" / "encoder"
+    assert DI3CLModel.from_pretrained(encoder_dir).config.num_channels == 1
+    processor = DI3CLImageProcessor.from_pretrained(encoder_dir)
+    assert (
+        processor.image_mean != DI3CLImageProcessor(num_channels=1).image_mean
+    )  # measured on the real tiles
     for task, num_labels in (("landcover", 10), ("water", 2), ("roads", 2)):
         folder = output / "models" / task
         for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"):
             assert (folder / name).is_file(), f"{task}: {name} missing"
         model = DI3CLForSemanticSegmentation.from_pretrained(folder)
-        assert model.config.num_labels == num_labels
+        assert model.config.num_labels == num_labels and model.config.num_channels == 1
 
-    summary = json.loads((output / "evaluation" / "evaluation.json").read_text())
-    assert set(summary["results"]) == {"landcover", "water", "roads"}
-    for by_init in summary["results"].values():
-        assert set(by_init) == {"di3cl", "random"}
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["water"]["data"] == "real" and set(summary["water"]["scores"]) == {"di3cl", "random"}
+    assert set(summary["synthetic"]["results"]) == {"landcover", "roads"}
 
-    scene = output / "data" / "synthetic-scene.tif"
-    prediction = output / "synthetic-scene-landcover.tif"
+    scene = sorted((SAMPLE / "scenes").glob("*.tif"))[0]
+    prediction = next(output.glob("s1-*-water.tif"))
     with rasterio.open(scene) as source, rasterio.open(prediction) as predicted:
         assert predicted.crs == source.crs
         assert predicted.transform == source.transform
         assert (predicted.width, predicted.height) == (source.width, source.height)
-        classes = predicted.read(1)
-    assert np.unique(classes).size > 1
+        assert set(np.unique(predicted.read(1))) <= {0, 1}

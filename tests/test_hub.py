@@ -418,9 +418,13 @@ def test_push_dataset_and_space(tmp_path: Path, encoder_dir: Path) -> None:
         dataset.files
     )
     assert space.space_sdk == "gradio"
-    assert {"app.py", "requirements.txt", "README.md", "di3cl_hf/hub/push.py", "models/water/config.json"} <= set(
-        space.files
-    )
+    assert {
+        "app.py",
+        "requirements.txt",
+        "README.md",
+        "di3cl_hf/hub/push.py",
+        "models/water/config.json",
+    } <= set(space.files)
     assert b"sdk: gradio" in space.files["README.md"]
     assert not any("__pycache__" in name for name in space.files)
     # the pushed card's `configs` are what `datasets` reads to find the splits

@@ -22,6 +22,7 @@ the last incomplete batch whenever the training set has at least two batches' wo
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -38,12 +39,14 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
 from ..atomic import write_text
 from ..configuration_di3cl import DI3CLConfig
@@ -51,13 +54,14 @@ from ..data.segmentation import class_names as dataset_class_names
 from ..data.segmentation import label_fraction_subset, load_segmentation
 from ..hub.cards import build_model_card
 from ..image_processing_di3cl import DI3CLImageProcessor
-from ..loading import find_encoder, load_model_and_processor
+from ..loading import CorruptWeightsError, check_channels, find_encoder
 from ..memory import reuse_large_allocations
 from ..modeling_di3cl import DI3CLForSemanticSegmentation
 from .common import (
     TrainingArguments,
     check_output_dir,
     load_checkpoint,
+    maybe_compile,
     parse_dataclass_args,
     resolve_checkpoint,
     run_precision,
@@ -68,6 +72,7 @@ from .common import (
 )
 from .imagenet import load_backbone_weights_into
 from .metrics import SegmentationMetrics, format_table, save_json
+from .statistics import estimate_statistics, processor_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +98,10 @@ class FinetuneBudget(TrainingArguments):
     )
     backbone: str = field(default="resnet50", metadata={"help": "timm encoder for init=random/imagenet."})
     num_channels: int = field(
-        default=2, metadata={"help": "Input channels for init=random/imagenet: 1 VV, 2 VV+VH."}
+        default=2,
+        metadata={
+            "help": "Input channels for init=random/imagenet: 1 VV, 2 VV+VH, 3 (e.g. an 8-bit Pauli RGB, dn8 per band)."
+        },
     )
     mode: str = field(
         default="full",
@@ -156,6 +164,13 @@ class FinetuneArguments(FinetuneBudget):
         default=3, metadata={"help": "Pixel buffer of relaxed road precision/recall/F1."}
     )
     save_model: bool = field(default=True, metadata={"help": "Write the final model, processor and card."})
+    estimate_statistics: bool = field(
+        default=False,
+        metadata={
+            "help": "Re-measure the processor's image_mean/image_std on the labelled training set (default: keep "
+            "the encoder's, measured on its pre-training corpus)."
+        },
+    )
     progress: bool | None = field(
         default=None,
         metadata={"help": "Deprecated: use --disable_tqdm (progress False = disable_tqdm True)."},
@@ -242,12 +257,16 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.dataset[int(index)]
-        image = np.asarray(sample["image"], dtype=np.float32)
+        # the source dtype: the processor's "auto" radiometry then reads uint8 (Pauli RGB, quick-looks)
+        # as dn8 and integer DN as dn16, exactly as `di3cl predict` reads the same files
+        image = np.asarray(sample["image"])
         if image.ndim == 2:
             image = image[None]
         valid = sample.get("valid_mask")
         valid = None if valid is None else np.asarray(valid, dtype=bool)
-        pixel_values, valid = self.processor.sar_to_pixel_values(image, valid)
+        # bands chosen by name (processor.bands, e.g. ("VV", "VH") of quad-pol rows) need the row's names
+        names = {"band_names": sample.get("band_names")} if getattr(self.processor, "bands", None) else {}
+        pixel_values, valid = self.processor.sar_to_pixel_values(image, valid, **names)
         labels = np.asarray(sample["label"], dtype=np.int64).copy()
         if labels.shape != pixel_values.shape[-2:]:
             raise ValueError(
@@ -291,7 +310,7 @@ def load_task_splits(args: FinetuneArguments) -> tuple[Any, Any, Any, list[str]]
     the optional periodic validation, never to select a model) and vice versa; a set with only a
     train split raises (evaluating on training samples would be meaningless).
     """
-    splits = load_segmentation(args.data_dir, task=args.task, class_names=args.class_names)
+    splits = load_segmentation(args.data_dir, task=args.task, class_names=args.class_names, image_dtype=None)
     if "train" not in splits:
         raise ValueError(f"{args.data_dir}: no 'train' split for task {args.task!r} (found {list(splits)})")
     validation = splits.get("validation", splits.get("test"))
@@ -347,9 +366,7 @@ def build_model(args: FinetuneArguments, class_names: Sequence[str]) -> tuple[nn
         "decoder_hidden_size": args.decoder_hidden_size,
     }
     if args.init == "di3cl":
-        model, processor = load_model_and_processor(
-            args.model_name_or_path, task="segmentation", **head_kwargs
-        )
+        model, processor = segmentation_model_on_encoder(args.model_name_or_path, **head_kwargs)
         model.train()
     else:
         config = DI3CLConfig(backbone=args.backbone, num_channels=args.num_channels, **head_kwargs)
@@ -362,6 +379,49 @@ def build_model(args: FinetuneArguments, class_names: Sequence[str]) -> tuple[nn
                     "%s: %d encoder tensors kept random: %s", args.imagenet_weights, len(missing), missing
                 )
     return model, processor
+
+
+def _encoder_weights(model_ref: str) -> dict[str, torch.Tensor]:
+    """The ``DI3CLModel`` tensors (``encoder.*``) of a saved DI3CL folder or Hub id of any DI3CL class."""
+    index = cached_file(model_ref, SAFE_WEIGHTS_INDEX_NAME, _raise_exceptions_for_missing_entries=False)
+    if index:
+        names = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+        files = [cached_file(model_ref, name) for name in names]
+    else:
+        files = [cached_file(model_ref, SAFE_WEIGHTS_NAME)]
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        for key, tensor in load_file(file).items():
+            key = key.removeprefix(f"{DI3CLForSemanticSegmentation.base_model_prefix}.")
+            if key.startswith("encoder."):
+                state[key] = tensor
+    return state
+
+
+def segmentation_model_on_encoder(model_ref: str, **head_kwargs: Any) -> tuple[nn.Module, Any]:
+    """A new segmentation head on the encoder of ``model_ref`` (fp32, eval mode) and its processor.
+
+    The model is built from the folder's config and the encoder weights are loaded into it explicitly and
+    strictly (every encoder tensor present, none extra, same shapes): the UperNet heads are new by design,
+    so transformers' load report of their ~60 missing tensors is not printed.
+
+    Raises:
+        RuntimeError: The folder's encoder tensors do not match its config (missing, unexpected, shape).
+    """
+    model_ref = str(model_ref)
+    config = DI3CLConfig.from_pretrained(model_ref, **head_kwargs)
+    model = DI3CLForSemanticSegmentation(config)
+    try:
+        model.base_model.load_state_dict(_encoder_weights(model_ref), strict=True)
+    except SafetensorError as error:
+        raise CorruptWeightsError(f"{model_ref}: cannot read the encoder weights ({error})") from error
+    try:
+        processor = DI3CLImageProcessor.from_pretrained(model_ref)
+    except OSError:
+        logger.warning("%s: no preprocessor_config.json; using the default DI3CLImageProcessor", model_ref)
+        processor = DI3CLImageProcessor(num_channels=config.num_channels)
+    check_channels(model, processor, model_ref)
+    return model.float().eval(), processor
 
 
 def configure_trainable(model: nn.Module, mode: str) -> nn.Module:
@@ -476,6 +536,7 @@ class FinetuneRun:
     num_train_samples: int
     validation_is_test: bool
     start_step: int = 0
+    input_statistics: dict[str, Any] = field(default_factory=dict)
 
 
 def _loaders(args: FinetuneArguments, splits: tuple, processor: Any, ignore_index: int):
@@ -536,8 +597,12 @@ def _setup(args: FinetuneArguments) -> FinetuneRun:
     set_seed(args.seed)
     train_set, validation_set, test_set, class_names = load_task_splits(args)
     model, processor = build_model(args, class_names)
+    input_statistics: dict[str, Any] = {"encoder": processor_statistics(processor)}
+    if args.estimate_statistics:
+        input_statistics["labelled"] = estimate_statistics(processor, train_set, seed=args.seed).to_dict()
     ignore_index = model.config.semantic_loss_ignore_index
-    network = configure_trainable(model, args.mode)
+    network = configure_trainable(model, args.mode).to(memory_format=torch.channels_last)  # CNN speed-up
+    network = maybe_compile(network, args.torch_compile)
     train_loader, eval_loaders = _loaders(
         args, (train_set, validation_set, test_set), processor, ignore_index
     )
@@ -550,6 +615,7 @@ def _setup(args: FinetuneArguments) -> FinetuneRun:
     run = FinetuneRun(
         args, accelerator, network, optimizer, scheduler, train_loader, eval_loaders, processor,
         list(class_names), ignore_index, log_with, num_train_samples, validation_set is test_set,
+        input_statistics=input_statistics,
     )  # fmt: skip
     if args.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
@@ -588,7 +654,8 @@ def _train(run: FinetuneRun) -> list[dict[str, float]]:
         for step in range(run.start_step + 1, args.max_steps + 1):
             batch = next(batches)
             with accelerator.autocast():
-                loss = run.network(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+                pixel_values = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
+                loss = run.network(pixel_values=pixel_values, labels=batch["labels"]).loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"finetune: non-finite loss {loss.item()} at step {step}")
             accelerator.backward(loss)
@@ -606,6 +673,8 @@ def _train(run: FinetuneRun) -> list[dict[str, float]]:
             if args.save_steps and step % args.save_steps == 0:
                 save_checkpoint(accelerator, args.output_dir, step, {}, args.save_total_limit)
     bar.close()
+    # Back to the default layout: the returned model computes bit-for-bit what its saved and reloaded copy does.
+    accelerator.unwrap_model(run.network).to(memory_format=torch.contiguous_format)
     return history
 
 
@@ -659,6 +728,7 @@ def finetune(args: FinetuneArguments) -> dict[str, Any]:
     results["final_train_loss"] = history[-1]["train/loss"] if history else None
     results["arguments"] = asdict(args)
     results["num_train_samples"] = run.num_train_samples
+    results["input_statistics"] = run.input_statistics
     accelerator, output_dir = run.accelerator, Path(args.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -775,6 +845,7 @@ __all__ = [
     "metrics_summary",
     "parse_args",
     "save_finetuned",
+    "segmentation_model_on_encoder",
     "set_train_mode",
     "write_model_card",
 ]

@@ -13,7 +13,7 @@
 - **Release defaults** (METHOD.md §5): SGD, momentum 0.9, weight decay 1e-4, lr ``0.03 * global_batch / 256``,
   cosine decay, optional warm-up. The queue size must be a multiple of the number of keys enqueued per forward
   (``per_device_batch_size * num_processes``), checked before anything runs.
-- **Speed**: bf16 autocast and channels_last by default where the device supports them.
+- **Speed**: channels_last always; bf16 autocast only where the device runs it natively (:mod:`di3cl_hf.runtime`).
 - **Several processes**: :class:`~di3cl_hf.modeling_di3cl.DI3CLForPreTraining` gathers the keys of all processes
   and uses shuffle-BN whenever ``torch.distributed`` is initialised, so every process holds identical queues whose
   pointer advances by the global batch; the loop checks the queues' digests across processes at each checkpoint
@@ -55,6 +55,7 @@ from transformers import get_scheduler
 from ..atomic import replace_directory, write_json, write_text
 from ..configuration_di3cl import DI3CLConfig
 from ..hub.cards import build_model_card
+from ..hub.push import push_model
 from ..loading import find_encoder
 from ..memory import reuse_large_allocations
 from ..modeling_di3cl import DI3CLForPreTraining, DI3CLModel
@@ -65,6 +66,7 @@ from .common import (
     check_output_dir,
     list_checkpoints,
     load_checkpoint,
+    maybe_compile,
     parse_dataclass_args,
     resolve_checkpoint,
     run_precision,
@@ -81,6 +83,7 @@ from .pretraining_data import (
     load_pretraining_dataset,
     seeded_rng,
 )
+from .statistics import DEFAULT_MAX_IMAGES, estimate_statistics, processor_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +137,13 @@ class PretrainingArguments(TrainingArguments):
         default="auto",
         metadata={
             "help": "Radiometry of the stored arrays: auto, db, intensity, amplitude, dn8, dn16, complex."
+        },
+    )
+    statistics_samples: int = field(
+        default=DEFAULT_MAX_IMAGES,
+        metadata={
+            "help": "Patches sampled before training to measure image_mean/image_std of the corpus (saved with "
+            "the processor; 0: keep the nominal values)."
         },
     )
     dataset_cache_dir: str | None = field(
@@ -345,6 +355,11 @@ def run_info(args: PretrainingArguments, config, summary: dict) -> dict[str, Any
         + ("channels_last" if args.channels_last else "contiguous"),
         "ImageNet initialisation": Path(args.imagenet_weights).name if args.imagenet_weights else "none",
         "skipped non-finite steps": summary.get("nonfinite_total", 0),
+        "input statistics (image_mean / image_std, preprocessor_config.json)": (
+            f"measured on up to {args.statistics_samples} sampled patches"
+            if args.statistics_samples > 0
+            else "nominal (not measured)"
+        ),
         "seed": args.seed,
     }
     if metrics:
@@ -358,8 +373,6 @@ def run_info(args: PretrainingArguments, config, summary: dict) -> dict[str, Any
 
 def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False) -> Any:
     """Push the encoder folder with :func:`di3cl_hf.hub.push_model`, keeping its README.md (our run's card)."""
-    from ..hub.push import push_model  # optional: huggingface_hub upload code, only for --push_to_hub
-
     card = (Path(folder) / "README.md").read_text()
     return push_model(folder, repo_id, private=private, card=card, commit_message="DI3CL pre-trained encoder")
 
@@ -372,8 +385,11 @@ def save_encoder(model, processor, args: PretrainingArguments, summary: dict, ou
     encoder = model.export_encoder()
     encoder.save_pretrained(str(tmp))
     processor.save_pretrained(str(tmp))
-    card = build_model_card(
-        tmp, repo_id=args.hub_model_id, run_info=run_info(args, model.config, summary), tags=["pretraining"]
+    card = build_model_card(  # named after the run folder, not the temporary one being written
+        tmp,
+        repo_id=args.hub_model_id or Path(output_dir).resolve().name,
+        run_info=run_info(args, model.config, summary),
+        tags=["pretraining"],
     )
     write_text(tmp / "README.md", str(card))
     return replace_directory(tmp, final)
@@ -539,6 +555,11 @@ def _accelerator(args: PretrainingArguments, mixed_precision: str, log_with: lis
 def _build_batches(args: PretrainingArguments, config: DI3CLConfig, rank: int, world: int):
     processor, transform, collator = build_transform_and_collator(args, config)
     raw = load_pretraining_dataset(args)
+    if args.statistics_samples > 0:  # before any DataLoader worker copies the processor (views use them)
+        measured = estimate_statistics(processor, raw, args.image_column, args.statistics_samples, args.seed)
+        logger.info(
+            "corpus statistics (%d patches): %s", measured.num_images, processor_statistics(processor)
+        )
     sample_function = SampleFunction(transform, args.image_column, args.valid_mask_column)
     batches = PretrainingBatches(
         raw, sample_function, collator, args.per_device_batch_size, rank, world, args.seed,
@@ -565,7 +586,7 @@ def _build_model(args: PretrainingArguments, config: DI3CLConfig) -> DI3CLForPre
             )
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model.train()
+    return maybe_compile(model.train(), args.torch_compile)
 
 
 def setup(args: PretrainingArguments) -> PretrainingRun:
