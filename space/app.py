@@ -575,8 +575,22 @@ def _segment(file: str | None, task: str, radiometry: str, work_dir: Path, budge
 # --------------------------------------------------------------------------------------- examples
 
 
+REAL_EXAMPLES = ("water/images/Spain_7370579_vh.tif", "scenes/003.tif")
+"""Real Sentinel-1 files of the embedded sample (``samples/sentinel1``; staged into ``examples/sentinel1``)."""
+
+
+def real_example_files() -> list[Path]:
+    """The real Sentinel-1 examples (a VH water chip in dB, an 8-bit VH scene), from the staged Space's
+    ``examples/sentinel1`` or the repository's ``samples/sentinel1``; empty when neither is there."""
+    for root in (APP_DIR / "examples" / "sentinel1", APP_DIR.parent / "samples" / "sentinel1"):
+        files = [root / name for name in REAL_EXAMPLES]
+        if all(path.is_file() for path in files):
+            return files
+    return []
+
+
 def example_files(folder: Path | None = None) -> list[Path]:
-    """Bundled examples, rendered once by the synthetic generator (nothing binary in the repo)."""
+    """Synthetic examples, rendered once by the synthetic generator (nothing binary in the repo)."""
     from di3cl_hf.data.synthetic import SYNTHETIC_CRS, synthetic_patch
 
     folder = folder or APP_DIR / "examples"
@@ -615,13 +629,16 @@ linear intensity, amplitude, 8/16-bit DN or complex, or let `auto` decide), pick
 **Run**. The map comes back as a GeoTIFF with the input's georeferencing. DI3CL is a self-supervised SAR
 foundation model (*Contrastive Learning With Dynamic Instances and Contour Consistency for SAR Land-Cover
 Classification Foundation Model*, [arXiv:2511.07808](https://arxiv.org/abs/2511.07808)).
-The bundled examples are **synthetic** scenes; the demo weights were trained on synthetic data."""
+The first examples are **real Sentinel-1** VH data (contains modified Copernicus Sentinel data; a labelled water
+chip in dB and an 8-bit quick-look scene) for the water model, which `make demo` trains on real chips; the land
+cover and road examples and models are **synthetic** (no real labels were available)."""
 
 
 def build_demo() -> gr.Blocks:
     """The Gradio app."""
     global DEMO
     examples = example_files()
+    real = [[str(path), "Water", "auto"] for path in real_example_files()]  # real Sentinel-1 first
     with gr.Blocks(title="DI3CL SAR demo", delete_cache=(RESULT_MAX_AGE, RESULT_MAX_AGE)) as demo:
         gr.Markdown(DESCRIPTION)
         with gr.Row():
@@ -634,6 +651,7 @@ def build_demo() -> gr.Blocks:
                 run = gr.Button("Run", variant="primary", elem_id="run-button")
                 gr.Examples(
                     examples=[
+                        *real,
                         [str(examples[0]), "Land cover", "auto"],
                         [str(examples[1]), "Water", "intensity"],
                         [str(examples[2]), "Roads", "db"],

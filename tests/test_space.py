@@ -632,3 +632,20 @@ def test_chromium_is_installed_or_reason_is_clear() -> None:
     if not CHROMIUM.exists():
         pytest.skip("headless Chromium missing: apt-get install -y chromium (needed by the screenshot test)")
     assert shutil.which(str(CHROMIUM))
+
+
+def test_real_sentinel1_examples_come_first_and_are_staged(app_module, tmp_path: Path) -> None:
+    """Issue #15: the Space offers real Sentinel-1 files of the embedded sample, also once staged for the Hub."""
+    from di3cl_hf.hub.push import SPACE_REAL_EXAMPLES, stage_space
+
+    real = app_module.real_example_files()
+    assert [p.relative_to(REPO_ROOT / "samples" / "sentinel1").as_posix() for p in real] == list(
+        app_module.REAL_EXAMPLES
+    )
+    assert tuple(app_module.REAL_EXAMPLES) == SPACE_REAL_EXAMPLES
+    staged = stage_space(REPO_ROOT / "space", tmp_path / "stage")
+    for name in (*SPACE_REAL_EXAMPLES, "README.md"):
+        assert (staged / "examples" / "sentinel1" / name).is_file(), name
+    assert "Copernicus" in (staged / "examples" / "sentinel1" / "README.md").read_text()
+    raster = app_module.prepare_input(real[1], "003.tif", tmp_path)  # the 8-bit real scene reads as a upload
+    assert raster.array.shape[0] == 1 and raster.crs is not None

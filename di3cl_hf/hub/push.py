@@ -289,6 +289,10 @@ def push_dataset(
         return _upload(stage, repo_id, "dataset", token=token, private=private, commit_message=commit_message)
 
 
+SPACE_REAL_EXAMPLES = ("water/images/Spain_7370579_vh.tif", "scenes/003.tif")
+"""Real Sentinel-1 files the Space offers as examples (``space/app.py`` ``REAL_EXAMPLES``)."""
+
+
 def stage_space(
     space_dir: str | os.PathLike,
     stage_dir: str | os.PathLike,
@@ -314,6 +318,10 @@ def stage_space(
     _copy_tree(space_dir, stage_dir, SPACE_IGNORE_PATTERNS + ("models/**",))
     if bundle_package:
         _copy_tree(PACKAGE_DIR, stage_dir / "di3cl_hf", ("**/__pycache__/**", "__pycache__/**", "*.pyc"))
+    samples = PACKAGE_DIR.parent / "samples" / "sentinel1"
+    if samples.is_dir():  # the Space's real examples, with their attribution
+        for name in (*SPACE_REAL_EXAMPLES, "README.md"):
+            _link_or_copy(samples / name, stage_dir / "examples" / "sentinel1" / name)
     if models_dir is not None:
         models_dir = Path(models_dir)
         tasks = [path for path in sorted(models_dir.iterdir()) if (path / "config.json").is_file()]
