@@ -291,7 +291,10 @@ class SARScene:
                 self._dataset = rasterio.open(self.path)
         except RasterioError as error:
             raise _error(self.path, f"unreadable as a raster ({error})") from error
-        ds = self._dataset
+        self._take_header(self._dataset)
+
+    def _take_header(self, ds: Any) -> None:
+        """Size, dtype, georeferencing, nodata and band names of an open rasterio dataset."""
         self.count = int(ds.count)
         self.height = int(ds.height)
         self.width = int(ds.width)

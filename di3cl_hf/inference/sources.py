@@ -155,22 +155,7 @@ class DatasetScene(SARScene):
         self._dataset = dataset
         self._array = None
         self._npy_shape = None
-        self.count, self.height, self.width = int(dataset.count), int(dataset.height), int(dataset.width)
-        if self.count == 0 or self.height == 0 or self.width == 0:
-            raise SARFileError(
-                f"{dataset.name}: empty raster ({self.count} bands, {self.height}x{self.width})"
-            )
-        dtype = dataset.dtypes[0]
-        self.dtype = np.dtype("complex64") if dtype == "complex_int16" else np.dtype(dtype)
-        self.crs = dataset.crs
-        georeferenced = dataset.crs is not None or dataset.transform != Affine.identity()
-        self.transform = dataset.transform if georeferenced else None
-        self.nodata = dataset.nodata
-        self.band_names = tuple(dataset.descriptions)
-        self._is_photo = dataset.driver in ("PNG", "JPEG")
-        self._has_alpha = False
-        if self._is_photo and self.count in (2, 4):
-            self._has_alpha = dataset.colorinterp[-1].name == "alpha"
+        self._take_header(dataset)  # the same header reading as a path
 
     def close(self) -> None:
         """Leave the dataset open: it belongs to the caller."""
