@@ -120,7 +120,7 @@ def _error(path: Path | str, message: str) -> SARFileError:
     return SARFileError(f"{path}: {message}")
 
 
-def _as_window(window: WindowLike | None) -> Window | None:
+def as_window(window: WindowLike | None) -> Window | None:
     if window is None or isinstance(window, Window):
         return window
     if len(window) != 4:
@@ -131,7 +131,7 @@ def _as_window(window: WindowLike | None) -> Window | None:
     return Window(col_off, row_off, width, height)
 
 
-def _check_bands(
+def band_indexes(
     path: Path,
     count: int,
     bands: Sequence[int | str] | None,
@@ -198,7 +198,7 @@ def _nodata_mask(array: np.ndarray, nodata: float | None) -> np.ndarray:
     return (array != np.asarray(nodata).astype(array.dtype)).all(axis=0)
 
 
-def _window_in_bounds(path: Path, window: Window, height: int, width: int) -> None:
+def check_window(path: Path, window: Window, height: int, width: int) -> None:
     if window.width <= 0 or window.height <= 0:
         raise _error(path, f"empty window {window}")
     if (
@@ -338,7 +338,7 @@ class SARScene:
         Raises:
             SARFileError: Wrong band count, a window outside the scene, or unreadable/truncated data.
         """
-        win = _as_window(window)
+        win = as_window(window)
         if win is not None:
             win = Window(
                 int(round(win.col_off)),
@@ -347,7 +347,7 @@ class SARScene:
                 int(round(win.height)),
             )
             if not boundless:
-                _window_in_bounds(self.path, win, self.height, self.width)
+                check_window(self.path, win, self.height, self.width)
         if self._array is not None:
             return self._read_npy(win, bands, max_bands)
         return self._read_rasterio(win, bands, boundless, max_bands)
@@ -357,7 +357,7 @@ class SARScene:
     ) -> SARRaster:
         if self._npy_shape is not None and bands is None and max_bands is not None and self.count > max_bands:
             raise _error(self.path, f"array shape {self._npy_shape}, {_NPY_LAYOUTS} and C in 1..{max_bands}")
-        indexes = [b - 1 for b in _check_bands(self.path, self.count, bands, max_bands, self.band_names)]
+        indexes = [b - 1 for b in band_indexes(self.path, self.count, bands, max_bands, self.band_names)]
         assert self._array is not None
         if window is None:
             rows, cols = slice(0, self.height), slice(0, self.width)
@@ -391,7 +391,7 @@ class SARScene:
         ds = self._dataset
         if self._is_photo and bands is None and (self.count in (3, 4) or self._has_alpha):
             return self._read_photo(window, boundless, keep_colour=max_bands is None)
-        indexes = _check_bands(self.path, self.count, bands, max_bands, self.band_names)
+        indexes = band_indexes(self.path, self.count, bands, max_bands, self.band_names)
         # fill_value only when padding: rasterio also writes it into masked pixels, altering the data
         options: dict[str, Any] = {}
         if boundless:
@@ -637,7 +637,7 @@ class GeoTIFFWriter:
         if array.dtype == np.bool_:
             array = array.astype(np.uint8)
         with _GDAL_BLOCK_IO:
-            self._dataset.write(array, window=_as_window(window))
+            self._dataset.write(array, window=as_window(window))
 
     def close(self) -> None:
         """Finish the file and move it into place."""
@@ -786,6 +786,9 @@ def list_sar_files(root: str | os.PathLike[str]) -> list[Path]:
 
 
 __all__ = [
+    "as_window",
+    "band_indexes",
+    "check_window",
     "MAX_BANDS",
     "GeoTIFFWriter",
     "SARFileError",

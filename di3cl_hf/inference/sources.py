@@ -32,57 +32,31 @@ from rasterio.io import DatasetReaderBase
 from rasterio.windows import Window
 
 from ..data.polarisation import SampleFiles, polarisation_of
-from ..data.sario import MAX_BANDS, SARFileError, SARRaster, SARScene, WindowLike, open_scene
-from ..data.sario import _as_window as as_window
+from ..data.sario import (
+    MAX_BANDS,
+    SARFileError,
+    SARRaster,
+    SARScene,
+    WindowLike,
+    as_window,
+    band_indexes,
+    check_window,
+    open_scene,
+)
 
 SceneSource = str | os.PathLike | Sequence | SampleFiles | DatasetReaderBase | SARRaster
 """What predict_scene reads (see the module docstring)."""
 
 
-def _select(
-    count: int,
-    bands: Sequence[int | str] | None,
-    max_bands: int | None,
-    where: str,
-    names: Sequence[str | None] = (),
-) -> list[int]:
-    """0-based indexes of ``bands`` (1-based indexes or band names, case-insensitive) of a ``count``-band
-    source; ``None``: all of them, at most ``max_bands``."""
-    if bands is None:
-        if max_bands is not None and count > max_bands:
-            raise SARFileError(
-                f"{where}: {count} bands, expected 1 or 2 (VV, VH); choose bands by 1-based index: "
-                "bands=(1, 2) in Python, --bands 1 2 on the command line"
-            )
-        return list(range(count))
-    lookup = {str(n).strip().lower(): i for i, n in enumerate(names) if n}
-    indexes = []
-    for band in [bands] if isinstance(bands, (int, str)) else bands:
-        if isinstance(band, str) and not band.strip().isdigit():
-            if band.strip().lower() not in lookup:
-                known = ", ".join(str(n) for n in names if n) or "none"
-                raise SARFileError(f"{where}: no band named {band!r} (its bands: {known})")
-            indexes.append(lookup[band.strip().lower()])
-            continue
-        if not 1 <= int(band) <= count:
-            raise SARFileError(f"{where}: band {band} requested, it has {count} band(s) (1-based indexes)")
-        indexes.append(int(band) - 1)
-    if not indexes:
-        raise SARFileError(f"{where}: no bands requested")
-    return indexes
-
-
 def _window_of(window: WindowLike | None, height: int, width: int, where: str) -> Window:
+    """The window (whole raster for ``None``), checked with the file readers' own bounds check."""
     win = as_window(window)
     if win is None:
         return Window(0, 0, width, height)
     win = Window(
         int(round(win.col_off)), int(round(win.row_off)), int(round(win.width)), int(round(win.height))
     )
-    if win.width <= 0 or win.height <= 0 or win.col_off < 0 or win.row_off < 0:
-        raise SARFileError(f"{where}: bad window {win}")
-    if win.row_off + win.height > height or win.col_off + win.width > width:
-        raise SARFileError(f"{where}: window {win} outside the {height}x{width} raster")
+    check_window(Path(where), win, height, width)
     return win
 
 
@@ -119,7 +93,7 @@ class RasterScene:
         if boundless:
             raise ValueError("boundless reads are not supported on an in-memory raster")
         where = str(self.path)
-        indexes = _select(self.count, bands, max_bands, where, self.band_names)
+        indexes = [b - 1 for b in band_indexes(Path(where), self.count, bands, max_bands, self.band_names)]
         win = _window_of(window, self.height, self.width, where)
         rows = slice(win.row_off, win.row_off + win.height)
         cols = slice(win.col_off, win.col_off + win.width)
@@ -208,7 +182,7 @@ class StackedScene:
         max_bands: int | None = MAX_BANDS,
     ) -> SARRaster:
         """The stacked window: band ``i`` from file ``i`` (only the files of the chosen ``bands`` are read)."""
-        indexes = _select(self.count, bands, max_bands, str(self.path), self.band_names)
+        indexes = [b - 1 for b in band_indexes(self.path, self.count, bands, max_bands, self.band_names)]
         parts = [self._scenes[i].read(window, boundless=boundless, max_bands=None) for i in indexes]
         dtype = np.result_type(*[p.array for p in parts])
         array = np.concatenate([p.array.astype(dtype, copy=False) for p in parts])
