@@ -19,7 +19,6 @@ linearly onto the processor's dB range), the chips calibrated dB; the scene pred
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -31,12 +30,14 @@ from typing import Any
 
 import datasets
 import numpy as np
+import rasterio
 import torch
 import transformers
 from affine import Affine
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
+from .atomic import write_json
 from .data.samples import sentinel1_sample
 from .data.synthetic import generate_segmentation_sets
 from .inference.scene import predict_scene
@@ -290,6 +291,72 @@ def results_table(water: dict, synthetic: dict) -> str:
     return "\n".join(lines)
 
 
+def _collect_models(output_dir: Path, evaluation_dir: Path, seed: int) -> Path:
+    """``output_dir/models/{water,landcover,roads}``: the DI3CL-initialised task models, without checkpoints."""
+    models_dir = output_dir / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(
+        output_dir / "water" / "di3cl",
+        models_dir / "water",
+        ignore=shutil.ignore_patterns("checkpoints", "logs"),
+    )
+    for task in SYNTHETIC_TASKS:
+        source = evaluation_dir / "runs" / task / "di3cl" / "labels-0.1" / f"seed-{seed}"
+        shutil.copytree(
+            source, models_dir / task, ignore=shutil.ignore_patterns("checkpoints", "runs", "logs")
+        )
+    return models_dir
+
+
+def _report(
+    output_dir: Path,
+    layout: dict[str, Path],
+    water: dict,
+    synthetic: dict,
+    timings: dict[str, float],
+    seconds: float,
+    precision: str,
+    num_tiles: int,
+    budget: DemoBudget,
+) -> None:
+    """The closing summary a person reads, and ``summary.json`` (atomic)."""
+    print("\n=== Results (one seed; test pixels never trained on)\n")
+    print(results_table(water, synthetic))
+    print(
+        f"\nReal rows: Sentinel-1 VH, pre-trained on {num_tiles} real tiles, water trained on 4 real chips "
+        f"({budget.water_steps} steps) and scored on {WATER_HELD_OUT}. Synthetic rows: generated SAR, a pipeline "
+        "check, not a measure of DI3CL on real data."
+    )
+    print(
+        f"\nTime: {seconds / 60:.1f} min on {os.cpu_count()} CPU core(s) ({cpu_model()}, "
+        f"{precision}): " + ", ".join(f"{name} {value:.0f} s" for name, value in timings.items())
+    )
+    data_dir, models_dir = layout["data"], layout["models"]
+    print("\nWhere everything is:")
+    print(f"  real tiles, chips        {data_dir}/s1-vh-tiles, {data_dir}/s1-water-vh")
+    print(
+        f"  pre-trained encoder      {layout['encoder']}  (DI3CLModel + processor with measured mean/std + card)"
+    )
+    print(
+        f"  task models              {models_dir}/water (real data), {models_dir}/{{landcover,roads}} (synthetic)"
+    )
+    print(f"  synthetic evaluation     {layout['evaluation']}/evaluation.md")
+    print("\nOpen the Space on these models:")
+    print(
+        f"  DI3CL_MODEL_DIR={models_dir} .venv/bin/python space/app.py   # then browse http://127.0.0.1:7860"
+    )
+    summary = {
+        "water": {"data": "real", "held_out_chip": WATER_HELD_OUT, "scores": water},
+        "synthetic": {"data": "synthetic", "results": synthetic["results"]},
+        "seconds": seconds,
+        "timings": timings,
+        "precision": precision,
+        "cpu": cpu_model(),
+        "real_tiles": num_tiles,
+    }
+    write_json(output_dir / "summary.json", summary, indent=1, default=float)
+
+
 def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 1) -> dict:
     """Run the demo into ``output_dir`` (wiped first); returns ``{"water", "synthetic", "seconds", ...}``."""
 
@@ -330,18 +397,7 @@ def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 
     synthetic = _finetune_synthetic(
         data_dir / "synthetic-segmentation", encoder_dir, evaluation_dir, budget, seed
     )
-    models_dir = output_dir / "models"
-    models_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(
-        output_dir / "water" / "di3cl",
-        models_dir / "water",
-        ignore=shutil.ignore_patterns("checkpoints", "logs"),
-    )
-    for task in SYNTHETIC_TASKS:
-        source = evaluation_dir / "runs" / task / "di3cl" / "labels-0.1" / f"seed-{seed}"
-        shutil.copytree(
-            source, models_dir / task, ignore=shutil.ignore_patterns("checkpoints", "runs", "logs")
-        )
+    models_dir = _collect_models(output_dir, evaluation_dir, seed)
     timings["synthetic fine-tuning"] = time.perf_counter() - t0
 
     scene = sorted(scenes.glob("*.tif"))[0]
@@ -354,47 +410,15 @@ def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 
     timings["scene prediction"] = time.perf_counter() - t0
     seconds = time.perf_counter() - started
 
-    import rasterio
-
     with rasterio.open(prediction_path) as predicted:
         water_fraction = float((predicted.read(1) == 1).mean())
-    print("\n=== Results (one seed; test pixels never trained on)\n")
-    print(results_table(water, synthetic))
-    print(
-        f"\nReal rows: Sentinel-1 VH, pre-trained on {len(tiles)} real tiles, water trained on 4 real chips "
-        f"({budget.water_steps} steps) and scored on {WATER_HELD_OUT}. Synthetic rows: generated SAR, a pipeline "
-        "check, not a measure of DI3CL on real data."
-    )
+    layout = {"data": data_dir, "encoder": encoder_dir, "models": models_dir, "evaluation": evaluation_dir}
+    _report(output_dir, layout, water, synthetic, timings, seconds, precision, len(tiles), budget)
     print(
         f"Scene {scene.name}: {100 * water_fraction:.1f} % predicted water (8-bit quick-look radiometry, "
-        "unlike the dB chips the model was trained on: illustrative)."
+        "unlike the dB chips the model was trained on: illustrative); map in "
+        f"{prediction_path} (georeferenced like {scene})"
     )
-    print(
-        f"\nTime: {seconds / 60:.1f} min on {os.cpu_count()} CPU core(s) ({cpu_model()}, "
-        f"{precision}): " + ", ".join(f"{name} {value:.0f} s" for name, value in timings.items())
-    )
-    print("\nWhere everything is:")
-    print(f"  real tiles, chips        {data_dir}/s1-vh-tiles, {data_dir}/s1-water-vh")
-    print(f"  pre-trained encoder      {encoder_dir}  (DI3CLModel + processor with measured mean/std + card)")
-    print(
-        f"  task models              {models_dir}/water (real data), {models_dir}/{{landcover,roads}} (synthetic)"
-    )
-    print(f"  synthetic evaluation     {evaluation_dir}/evaluation.md")
-    print(f"  real scene prediction    {prediction_path}  (georeferenced like {scene})")
-    print("\nOpen the Space on these models:")
-    print(
-        f"  DI3CL_MODEL_DIR={models_dir} .venv/bin/python space/app.py   # then browse http://127.0.0.1:7860"
-    )
-    summary = {
-        "water": {"data": "real", "held_out_chip": WATER_HELD_OUT, "scores": water},
-        "synthetic": {"data": "synthetic", "results": synthetic["results"]},
-        "seconds": seconds,
-        "timings": timings,
-        "precision": precision,
-        "cpu": cpu_model(),
-        "real_tiles": len(tiles),
-    }
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     return {
         "water": water,
         "synthetic": synthetic,
