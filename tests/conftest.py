@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,3 +33,19 @@ def tiny_config():
         return DI3CLConfig(**{**TINY_CONFIG, **overrides})
 
     return make
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny 2-channel land/water segmentation model with a dB processor (seed 0)."""
+    from di3cl_hf import DI3CLConfig, DI3CLForSemanticSegmentation, DI3CLImageProcessor
+
+    folder = tmp_path_factory.mktemp("water-model")
+    torch.manual_seed(0)
+    config = DI3CLConfig(
+        backbone="resnet18", num_channels=2, num_labels=2, decoder_hidden_size=16, auxiliary_channels=16,
+        id2label={0: "land", 1: "water"}, label2id={"land": 0, "water": 1},
+    )  # fmt: skip
+    DI3CLForSemanticSegmentation(config).eval().save_pretrained(folder)
+    DI3CLImageProcessor(num_channels=2, input_kind="db").save_pretrained(folder)
+    return folder

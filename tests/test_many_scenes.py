@@ -12,13 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from rasterio.transform import from_origin
 
-from di3cl_hf import DI3CLConfig, DI3CLForSemanticSegmentation
 from di3cl_hf.cli import main
 from di3cl_hf.data.sario import write_geotiff
-from di3cl_hf.image_processing_di3cl import DI3CLImageProcessor
 from di3cl_hf.inference.batch import (
     ProcessShare,
     collect_inputs,
@@ -30,19 +27,6 @@ from di3cl_hf.inference.batch import (
 REPO = Path(__file__).resolve().parents[1]
 CRS = "EPSG:32631"
 TILING = ["--tile-size", "64", "--overlap", "16", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    config = DI3CLConfig(
-        backbone="resnet18", num_channels=2, num_labels=2, decoder_hidden_size=16, auxiliary_channels=16,
-        id2label={0: "land", 1: "water"}, label2id={"land": 0, "water": 1},
-    )  # fmt: skip
-    DI3CLForSemanticSegmentation(config).eval().save_pretrained(folder)
-    DI3CLImageProcessor(num_channels=2, input_kind="db").save_pretrained(folder)
-    return folder
 
 
 def _scene(seed: int, height: int = 80, width: int = 96) -> np.ndarray:
