@@ -84,6 +84,40 @@ def median_seconds(step: Callable[[], None], warmup: int, iterations: int, synch
     return statistics.median(times)
 
 
+def training_ceiling_step(
+    backbone: str,
+    num_channels: int,
+    batch_size: int,
+    image_size: int,
+    mode: str,
+    *,
+    device: torch.device | str = "cpu",
+    out_indices: tuple[int, ...] = (3, 4),
+) -> Callable[[], None]:
+    """One step of the training ceiling (see the module docstring) in ``mode``, ready to call repeatedly."""
+    device = torch.device(device)
+    memory_format, dtype = _mode(mode)
+    torch.manual_seed(0)
+    query_encoder = timm.create_model(
+        backbone, features_only=True, out_indices=out_indices, in_chans=num_channels
+    ).to(device, memory_format=memory_format)
+    key_encoder = copy.deepcopy(query_encoder).requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    views = torch.randn(2, batch_size, num_channels, image_size, image_size, generator=generator).to(device)
+    query, key = (view.contiguous(memory_format=memory_format) for view in views)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            maps = query_encoder(query)
+            with torch.no_grad():
+                key_encoder(key)
+        loss = sum(feature_map.float().mean() for feature_map in maps)
+        loss.backward()
+        query_encoder.zero_grad(set_to_none=True)
+
+    return step
+
+
 def training_ceiling(
     backbone: str,
     num_channels: int,
@@ -100,30 +134,12 @@ def training_ceiling(
     """Median seconds of the training ceiling (see the module docstring) in each of ``modes``."""
     device = torch.device(device)
     modes = modes or available_modes(device)
-    torch.manual_seed(0)
-    query_encoder = timm.create_model(
-        backbone, features_only=True, out_indices=out_indices, in_chans=num_channels
-    ).to(device)
-    key_encoder = copy.deepcopy(query_encoder).requires_grad_(False)
-    generator = torch.Generator().manual_seed(0)
-    views = torch.randn(2, batch_size, num_channels, image_size, image_size, generator=generator).to(device)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     results = {}
     for mode in modes:
-        memory_format, dtype = _mode(mode)
-        query_encoder.to(memory_format=memory_format)
-        key_encoder.to(memory_format=memory_format)
-        query, key = (view.contiguous(memory_format=memory_format) for view in views)
-
-        def step(query=query, key=key, dtype=dtype) -> None:
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                maps = query_encoder(query)
-                with torch.no_grad():
-                    key_encoder(key)
-            loss = sum(feature_map.float().mean() for feature_map in maps)
-            loss.backward()
-            query_encoder.zero_grad(set_to_none=True)
-
+        step = training_ceiling_step(
+            backbone, num_channels, batch_size, image_size, mode, device=device, out_indices=out_indices
+        )
         with reuse_large_allocations(device.type == "cpu"):
             results[mode] = median_seconds(step, warmup, iterations, synchronize)
         log(f"  ceiling ({mode}): {results[mode]:.3f} s")

@@ -19,8 +19,10 @@ is the unavoidable network (1.0 = the DI3CL machinery is free).
 
 Targets (issue 13): ours >= 0.9x the ceiling; ours >= 4x the reference where bf16 is native, >= 1.3x where not.
 
-All get the same views (made once, outside the timing). Order: reference, ceiling, ours, ceiling, reference, so
-that drifting background load affects all alike (medians over both passes).
+All get the same views (made once, outside the timing). Order: reference; one probe step of the ceiling in each
+mode; then the fastest ceiling mode and ours interleaved step by step (ceiling, ours, ceiling, ours, ...: a drifting
+machine speed affects both alike); reference again (its median is over both passes). Each of our steps also
+prints its page faults and system CPU time: after the first steps, heap reuse should leave ~0 of each.
 
     python benchmarks/pretrain_step.py                 # ResNet-50, 448 px, batch 8 (the issue's setting)
     python benchmarks/pretrain_step.py --backbone resnet18 --image_size 128 --iterations 2   # quick check
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import random
+import resource
 import statistics
 import sys
 import time
@@ -59,7 +62,12 @@ from di3cl_hf.training.pretraining import PretrainingArguments, build_optimizer
 from di3cl_hf.training.pretraining_data import build_transform_and_collator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bare_network import available_modes, simulated_no_native_bf16, training_ceiling  # noqa: E402  (sibling)
+from bare_network import (  # noqa: E402  (sibling)
+    available_modes,
+    simulated_no_native_bf16,
+    training_ceiling,
+    training_ceiling_step,
+)
 from boxes import reference_box_pairs  # noqa: E402  (the sibling benchmark's Python loop)
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -223,22 +231,20 @@ def run(args: argparse.Namespace) -> None:  # one linear benchmark script (setup
     ours_optimizer = build_optimizer(ours, run_args, 0.03 * args.batch_size / 256)
     ours, ours_optimizer = accelerator.prepare(ours, ours_optimizer)
 
-    def our_step() -> float:
-        batch = collator(samples)  # in training: a DataLoader worker, timed separately below
-        batch = {
+    def our_batch() -> dict[str, torch.Tensor]:
+        """In training the collator runs in DataLoader workers: made outside the timed step (timed below)."""
+        return {
             k: v.to(accelerator.device).contiguous(memory_format=torch.channels_last)
             if v.ndim == 4
             else v.to(device)
-            for k, v in batch.items()
+            for k, v in collator(samples).items()
         }
-        start = time.perf_counter()
+
+    def our_step(batch: dict[str, torch.Tensor]) -> None:
         output = ours(**batch)
         accelerator.backward(output.loss)
         ours_optimizer.step()
         ours_optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
 
     # Reference.
     reference = ReferenceDI3CL(config).to(device).train()
@@ -280,23 +286,48 @@ def run(args: argparse.Namespace) -> None:  # one linear benchmark script (setup
                 times.append(seconds)
         return times
 
-    def ceiling() -> dict[str, float]:
-        return training_ceiling(
-            args.backbone, config.num_channels, args.batch_size, args.image_size, device=device, modes=modes,
-            warmup=args.warmup, iterations=args.iterations,
-        )  # fmt: skip
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(step) -> tuple[float, int, float]:
+        """Seconds, minor page faults and system CPU seconds of one call of ``step``."""
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        synchronize()
+        start = time.perf_counter()
+        step()
+        synchronize()
+        seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        return seconds, after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime
 
     reference_times = phase("reference", reference_step)
-    ceilings = [ceiling()]
-    with reuse_large_allocations(device.type == "cpu"):  # what the training loop runs in
-        ours_times = phase("ours", our_step)
-    ceilings.append(ceiling())
+    # The ceiling: every mode the machine runs natively, once, then the fastest interleaved step by step with
+    # ours (ceiling, ours, ceiling, ours, ...) so that a drifting machine speed affects both alike.
+    probe = training_ceiling(
+        args.backbone, config.num_channels, args.batch_size, args.image_size, device=device, modes=modes,
+        warmup=args.warmup, iterations=1,
+    )  # fmt: skip
+    best_mode = min(probe, key=probe.get)
+    ceiling_step = training_ceiling_step(
+        args.backbone, config.num_channels, args.batch_size, args.image_size, best_mode, device=device
+    )
+    ours_times, ceiling_times = [], []
+    with reuse_large_allocations(device.type == "cpu"):  # what the training loops run in
+        for iteration in range(args.warmup + args.iterations):
+            ceiling_seconds, _, _ = timed(ceiling_step)
+            batch = our_batch()
+            ours_seconds, faults, system = timed(lambda batch=batch: our_step(batch))
+            print(
+                f"  step {iteration}: ceiling ({best_mode}) {ceiling_seconds:.3f} s, ours {ours_seconds:.3f} s "
+                f"(ours: {faults} page faults, {system:.2f} s system CPU)",
+                flush=True,
+            )
+            if iteration >= args.warmup:
+                ceiling_times.append(ceiling_seconds)
+                ours_times.append(ours_seconds)
     reference_times += phase("reference", reference_step)
 
     t_reference, t_ours = statistics.median(reference_times), statistics.median(ours_times)
-    ceiling_modes = {mode: statistics.mean(c[mode] for c in ceilings) for mode in modes}
-    best_mode = min(ceiling_modes, key=ceiling_modes.get)
-    t_ceiling = ceiling_modes[best_mode]
+    t_ceiling = statistics.median(ceiling_times)
     simulated = (
         "  [SIMULATED: torch told the CPU has no AVX512_BF16/AMX]" if args.simulate_no_native_bf16 else ""
     )
@@ -314,9 +345,9 @@ def run(args: argparse.Namespace) -> None:  # one linear benchmark script (setup
         f"   collator box sampling (in DataLoader workers, off the step): {statistics.median(collate) * 1e3:.1f} ms"
     )
     print(
-        "ceiling (bare ResNet: query forward+backward + key forward), mean of before/after: "
-        + ", ".join(f"{mode} {seconds:.3f} s" for mode, seconds in ceiling_modes.items())
-        + f" -> best {best_mode}"
+        "ceiling (bare ResNet: query forward+backward + key forward), one probe step per mode: "
+        + ", ".join(f"{mode} {seconds:.3f} s" for mode, seconds in probe.items())
+        + f" -> best {best_mode}, interleaved with ours: {t_ceiling:.3f} s"
     )
     vs_reference, vs_ceiling = t_reference / t_ours, t_ceiling / t_ours
     native_bf16_step = native and precision == "bf16"

@@ -6,6 +6,7 @@ processes: ``accelerate launch --multi_gpu --num_processes 2`` on the CPU (gloo)
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -129,6 +130,23 @@ def test_release_learning_rate_scaling_and_sgd():
     )
     # Only trainable parameters, weight decay on all of them (the release's SGD).
     assert sum(len(g["params"]) for g in optimizer.param_groups) == 4
+    # torch's fused kernel on CPU / CUDA, the default loop elsewhere; same update up to rounding.
+    assert optimizer.defaults["fused"] is True
+    assert not build_optimizer(model, args, 0.06, device="meta").defaults["fused"]
+    reference = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.06, momentum=0.9, weight_decay=1e-4
+    )
+    twin = copy.deepcopy(model)
+    fused = build_optimizer(twin, args, 0.06)
+    for module, opt in ((model, reference), (twin, fused)):
+        for _ in range(3):
+            torch.manual_seed(0)
+            module[:2].train()(torch.randn(5, 3)).square().sum().backward()  # the trainable layers
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+        assert not torch.equal(a, torch.zeros_like(a))
     adamw = build_optimizer(model, PretrainingArguments(optimizer="adamw"), 1e-3)
     decays = sorted(g["weight_decay"] for g in adamw.param_groups)
     assert decays == [0.0, 1e-4]

@@ -57,6 +57,7 @@ from ..image_processing_di3cl import DI3CLImageProcessor
 from ..loading import CorruptWeightsError, check_channels, find_encoder
 from ..memory import reuse_large_allocations
 from ..modeling_di3cl import DI3CLForSemanticSegmentation
+from ..runtime import fused_optimizer
 from .common import (
     TrainingArguments,
     check_output_dir,
@@ -564,8 +565,9 @@ def _loaders(args: FinetuneArguments, splits: tuple, processor: Any, ignore_inde
     return train_loader, eval_loaders
 
 
-def _optimizer(args: FinetuneArguments, model: nn.Module, network: nn.Module):
-    """AdamW over the heads (``learning_rate``) and the trainable encoder (scaled), cosine schedule."""
+def _optimizer(args: FinetuneArguments, model: nn.Module, network: nn.Module, device: torch.device):
+    """AdamW over the heads (``learning_rate``) and the trainable encoder (scaled), cosine schedule; torch's fused
+    kernel where ``device`` supports it (:func:`di3cl_hf.runtime.fused_optimizer`)."""
     encoder_parameters = [p for p in model.base_model.parameters() if p.requires_grad]
     encoder_ids = {id(p) for p in encoder_parameters}
     head_parameters = [p for p in network.parameters() if p.requires_grad and id(p) not in encoder_ids]
@@ -574,7 +576,9 @@ def _optimizer(args: FinetuneArguments, model: nn.Module, network: nn.Module):
         groups.append(
             {"params": encoder_parameters, "lr": args.learning_rate * args.backbone_learning_rate_scale}
         )
-    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(
+        groups, weight_decay=args.weight_decay, fused=fused_optimizer(device) or None
+    )
     scheduler = get_scheduler(
         "cosine", optimizer, num_warmup_steps=args.warmup_steps, num_training_steps=args.max_steps
     )
@@ -607,7 +611,7 @@ def _setup(args: FinetuneArguments) -> FinetuneRun:
         args, (train_set, validation_set, test_set), processor, ignore_index
     )
     num_train_samples = len(train_loader.dataset)
-    optimizer, scheduler = _optimizer(args, model, network)
+    optimizer, scheduler = _optimizer(args, model, network, accelerator.device)
     network, optimizer, train_loader, scheduler = accelerator.prepare(
         network, optimizer, train_loader, scheduler
     )

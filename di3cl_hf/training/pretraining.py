@@ -59,7 +59,7 @@ from ..hub.push import push_model
 from ..loading import find_encoder
 from ..memory import reuse_large_allocations
 from ..modeling_di3cl import DI3CLForPreTraining, DI3CLModel
-from ..runtime import StopSignal, accelerate_mixed_precision
+from ..runtime import StopSignal, accelerate_mixed_precision, fused_optimizer
 from .common import (
     TRAINER_STATE_NAME,
     TrainingArguments,
@@ -291,12 +291,16 @@ def build_config(args: PretrainingArguments):
 
 
 def build_optimizer(
-    model: torch.nn.Module, args: PretrainingArguments, learning_rate: float
+    model: torch.nn.Module,
+    args: PretrainingArguments,
+    learning_rate: float,
+    device: torch.device | str | None = None,
 ) -> torch.optim.Optimizer:
     """The optimiser over the trainable (query-side) parameters, via ``timm.optim.create_optimizer_v2``.
 
     Weight decay applies to every parameter as in the release (MoCo) for SGD; adaptive optimisers (AdamW, LARS,
-    LAMB) exclude biases and normalisation weights, as is usual for them.
+    LAMB) exclude biases and normalisation weights, as is usual for them. SGD uses torch's fused kernel where
+    ``device`` (the training device; default: the parameters') supports it (:func:`di3cl_hf.runtime.fused_optimizer`).
     """
     name = OPTIMIZER_ALIASES.get(args.optimizer.lower(), args.optimizer.lower())
     if name not in list_optimizers():
@@ -321,6 +325,8 @@ def build_optimizer(
     }
     if name in ("momentum", "nesterov", "sgd", "lars", "nlars", "larc", "nlarc", "rmsprop"):
         kwargs["momentum"] = args.optimizer_momentum
+    if name in ("momentum", "nesterov") and fused_optimizer(device or named[0][1].device):
+        kwargs["fused"] = True  # torch's own SGD class (timm's "momentum" / "nesterov"), fused kernel
     return create_optimizer_v2(params, opt=name, **kwargs)
 
 
@@ -604,7 +610,7 @@ def setup(args: PretrainingArguments) -> PretrainingRun:
     model = _build_model(args, config)
     global_batch = args.per_device_batch_size * world * args.gradient_accumulation_steps
     learning_rate = scaled_learning_rate(args, global_batch)
-    optimizer = build_optimizer(model, args, learning_rate)
+    optimizer = build_optimizer(model, args, learning_rate, accelerator.device)
     scheduler = build_scheduler(optimizer, args, total_steps)
     with warnings.catch_warnings():
         # torch >= 2.14 suggests forward_sync_buffers, which Accelerate's DDP kwargs do not expose yet; the
