@@ -13,6 +13,7 @@ import pytest
 import rasterio
 import torch
 
+from di3cl_hf import demo
 from di3cl_hf.demo import WATER_HELD_OUT, results_table, tile_scenes, water_fold
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,3 +133,23 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
         assert predicted.transform == source.transform
         assert (predicted.width, predicted.height) == (source.width, source.height)
         assert set(np.unique(predicted.read(1))) <= {0, 1}
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "expected"),
+    [
+        ("cpu", "bf16", "full"),
+        ("cpu", "fp32", "full-fp32"),
+        ("cuda", "bf16", "full"),
+        ("cuda", "fp32", "full"),
+    ],
+)
+def test_demo_budget_follows_native_precision(monkeypatch, device, precision, expected):
+    """A CPU without native bf16 (auto -> fp32) gets the smaller budget so that `make demo` fits 15 minutes."""
+    monkeypatch.setattr(demo, "resolve_precision", lambda requested, device, log=True: precision)
+    assert demo.choose_budget("auto", torch.device(device)).name == expected
+    assert demo.choose_budget("full", torch.device(device)) is demo.FULL
+    fp32, full = demo.FULL_FP32, demo.FULL
+    compute = fp32.pretrain_steps * fp32.pretrain_batch / (full.pretrain_steps * full.pretrain_batch)
+    assert compute <= 0.4  # about a third of the full budget's pre-training
+    assert fp32.water_steps * fp32.water_crop**2 <= 0.4 * full.water_steps * full.water_crop**2
