@@ -90,8 +90,9 @@ FULL = DemoBudget(
     crop_size=128,
 )
 # A CPU without native bf16 runs the demo's fp32 steps ~3.6x (pre-training) to ~6x (fine-tuning) slower than the
-# AVX512_BF16 development CPU (2-core AMD EPYC with AVX2 only: pre-training 2.5 s/step, water 313 s per model at
-# FULL): about a third of FULL's compute keeps the demo within its 15 minutes there.
+# AVX512_BF16 development CPU (2-core AMD EPYC with AVX2 only, `python -m di3cl_hf.demo --budget full`: pre-training
+# 2.5 s/step, water 313 s per model): about a third of FULL's compute keeps the demo within its 15 minutes there
+# (`make demo` picks it: 11.8 min on that CPU).
 FULL_FP32 = replace(
     FULL,
     name="full-fp32",

@@ -49,15 +49,15 @@ def reuse_large_allocations(enabled: bool = True, max_block_mib: int = 1024) -> 
     trimmed: after the first step a training loop runs without page faults. Trimming is off, not
     merely raised: with a trim threshold of twice the block size (this function's earlier setting)
     a ResNet-50 448 px fp32 step still gave ~600 MB back after every backward pass and faulted
-    ~300,000 pages (1.2 GB, ~1.7 s of system time) per step; ``benchmarks/pretrain_step.py``'s
-    fp32 step went from 0.74x to ~1x of the bare-network ceiling (see the README's benchmarks).
+    ~300,000 pages (1.2 GB, 1.7-2.6 s of system time) per step on a 2-core AVX2 AMD EPYC; without
+    trimming it faults ~0 pages after the first steps and runs at 0.99x the bare-network ceiling
+    (``python benchmarks/pretrain_step.py`` prints both; see the README's benchmarks).
     The heap then stays at its largest extent until the block ends (a training loop reaches that
     peak every step anyway); leaving the block gives the free memory back (``malloc_trim``).
 
     The settings are process-wide: the first of concurrent users sets them, the last puts back
     a 32 MiB mapping and a 64 MiB trim threshold (glibc's dynamic maxima) and returns the retained
-    memory. Elsewhere (macOS, musl, Windows)
-    this does nothing.
+    memory. Elsewhere (macOS, musl, Windows) this does nothing.
 
     Args:
         enabled: ``False`` makes this a no-op (e.g. on a GPU, where the host allocates little).
