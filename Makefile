@@ -21,7 +21,7 @@ demo-quick: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check di3cl_hf tests examples benchmarks space
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check di3cl_hf tests examples benchmarks space
