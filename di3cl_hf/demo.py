@@ -389,12 +389,38 @@ def _report(
     write_json(output_dir / "summary.json", summary, indent=1, default=float)
 
 
-def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 1) -> dict:
-    """Run the demo into ``output_dir`` (wiped first); returns ``{"water", "synthetic", "seconds", ...}``."""
+# Written first into every demo output folder: only folders holding it are ever replaced.
+DEMO_MARKER = ".di3cl-demo"
 
-    _quiet_libraries()
-    if output_dir.exists():
+
+def prepare_output_dir(output_dir: Path) -> None:
+    """Make ``output_dir`` the demo's own, empty folder, marked with :data:`DEMO_MARKER`.
+
+    A missing or empty folder is used as it is. A folder an earlier demo run wrote (it holds the marker) is
+    replaced, and this is printed: re-running ``make demo`` gives fresh results. Any other non-empty folder, or a
+    file, is refused before any work, so that ``--output-dir ~`` or a folder of the user's data is never deleted.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"--output-dir {output_dir} is a file; choose a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not (output_dir / DEMO_MARKER).is_file():
+            raise FileExistsError(
+                f"--output-dir {output_dir} is not empty and was not written by the demo (no {DEMO_MARKER} file); "
+                "nothing was changed. Choose a new or empty folder (or delete it yourself, e.g. a demo output of a "
+                "version before this check)."
+            )
+        print(f"Replacing the previous demo run in {output_dir}")
         shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / DEMO_MARKER).write_text("Written by python -m di3cl_hf.demo; replaced by its next run.\n")
+
+
+def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 1) -> dict:
+    """Run the demo into ``output_dir`` (see :func:`prepare_output_dir`: only an empty folder or an earlier demo
+    run's is used); returns ``{"water", "synthetic", "seconds", ...}``."""
+
+    prepare_output_dir(output_dir)
+    _quiet_libraries()
     data_dir = output_dir / "data"
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -472,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--output-dir", default="outputs/demo", help="Where data, models and results go (wiped)."
+        "--output-dir",
+        default="outputs/demo",
+        help="Where data, models and results go: a new or empty folder, or an earlier demo run's (replaced).",
     )
     parser.add_argument("--quick", action="store_true", help="Tiny budget (CI smoke run, under 3 minutes).")
     parser.add_argument(
@@ -496,12 +524,14 @@ if __name__ == "__main__":
 
 __all__ = [
     "BUDGETS",
+    "DEMO_MARKER",
     "FULL",
     "FULL_FP32",
     "QUICK",
     "DemoBudget",
     "choose_budget",
     "main",
+    "prepare_output_dir",
     "results_table",
     "run",
     "tile_scenes",

@@ -79,6 +79,34 @@ def _check_pixel_values(pixel_values: torch.Tensor, config: DI3CLConfig, name: s
         )
 
 
+def _check_pretraining_inputs(
+    pixel_values: torch.Tensor,
+    key_pixel_values: torch.Tensor,
+    query_boxes: torch.Tensor | None,
+    key_boxes: torch.Tensor | None,
+    config: DI3CLConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check both views and the paired boxes of a pre-training forward; missing boxes become `[0, 5]` tensors."""
+    _check_pixel_values(pixel_values, config)
+    _check_pixel_values(key_pixel_values, config, "key_pixel_values")
+    if key_pixel_values.shape != pixel_values.shape:
+        raise ValueError(
+            f"key_pixel_values: shape {tuple(key_pixel_values.shape)}, expected the shape of pixel_values "
+            f"{tuple(pixel_values.shape)}"
+        )
+    empty = pixel_values.new_zeros((0, 5), dtype=torch.float32)
+    query_boxes = empty if query_boxes is None else query_boxes
+    key_boxes = empty if key_boxes is None else key_boxes
+    for name, boxes in (("query_boxes", query_boxes), ("key_boxes", key_boxes)):
+        if boxes.ndim != 2 or boxes.shape[1] != 5:
+            raise ValueError(f"{name}: shape {tuple(boxes.shape)}, expected [num_boxes, 5]")
+    if query_boxes.shape[0] != key_boxes.shape[0]:
+        raise ValueError(
+            f"query_boxes has {query_boxes.shape[0]} rows and key_boxes {key_boxes.shape[0]}: they must pair up"
+        )
+    return query_boxes, key_boxes
+
+
 def _world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
@@ -452,8 +480,14 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
         contour_pooled = _concat_all_gather(maps[CONTOUR_STAGE].mean(dim=(2, 3)))[own]
         return global_map, contour_pooled
 
-    # Long on purpose: the three DI3CL tasks read top to bottom in METHOD.md's order (query, key, global,
-    # contour, instance, enqueue); most lines are the docstring and the output fields.
+    def _zero_instance_loss(self) -> torch.Tensor:
+        """The instance term when no box pair exists: a zero that still touches the instance heads, so that every
+        parameter takes part in the graph (DistributedDataParallel expects it) and its gradient is exactly zero."""
+        heads = [*self.instance_projector.parameters(), *self.instance_predictor.parameters()]
+        return sum(parameter.float().sum() for parameter in heads) * 0.0
+
+    # The three DI3CL tasks read top to bottom in METHOD.md's order (query, key, global, contour, instance,
+    # enqueue); input checks and the empty-box instance term are helpers.
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -479,23 +513,9 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
-        _check_pixel_values(pixel_values, config)
-        _check_pixel_values(key_pixel_values, config, "key_pixel_values")
-        if key_pixel_values.shape != pixel_values.shape:
-            raise ValueError(
-                f"key_pixel_values: shape {tuple(key_pixel_values.shape)}, expected the shape of pixel_values "
-                f"{tuple(pixel_values.shape)}"
-            )
-        empty = pixel_values.new_zeros((0, 5), dtype=torch.float32)
-        query_boxes = empty if query_boxes is None else query_boxes
-        key_boxes = empty if key_boxes is None else key_boxes
-        for name, boxes in (("query_boxes", query_boxes), ("key_boxes", key_boxes)):
-            if boxes.ndim != 2 or boxes.shape[1] != 5:
-                raise ValueError(f"{name}: shape {tuple(boxes.shape)}, expected [num_boxes, 5]")
-        if query_boxes.shape[0] != key_boxes.shape[0]:
-            raise ValueError(
-                f"query_boxes has {query_boxes.shape[0]} rows and key_boxes {key_boxes.shape[0]}: they must pair up"
-            )
+        query_boxes, key_boxes = _check_pretraining_inputs(
+            pixel_values, key_pixel_values, query_boxes, key_boxes, config
+        )
         num_boxes = query_boxes.shape[0]
 
         # Query side.
@@ -536,12 +556,7 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
             if num_boxes > 0:
                 instance_loss = regression_loss(prediction, key_instance)
             else:
-                # No box pair: a zero that still touches the instance heads, so that every parameter takes part
-                # in the graph (DistributedDataParallel expects it) and the gradient is exactly zero.
-                instance_loss = sum(p.float().sum() for p in self.instance_projector.parameters()) + sum(
-                    p.float().sum() for p in self.instance_predictor.parameters()
-                )
-                instance_loss = instance_loss * 0.0
+                instance_loss = self._zero_instance_loss()
             loss = (
                 config.global_loss_weight * global_loss
                 + config.contour_loss_weight * contour_loss

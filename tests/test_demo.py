@@ -14,7 +14,16 @@ import rasterio
 import torch
 
 from di3cl_hf import demo
-from di3cl_hf.demo import WATER_HELD_OUT, results_table, tile_scenes, water_fold
+from di3cl_hf.demo import (
+    DEMO_MARKER,
+    QUICK,
+    WATER_HELD_OUT,
+    prepare_output_dir,
+    results_table,
+    run,
+    tile_scenes,
+    water_fold,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "sentinel1"
@@ -153,3 +162,33 @@ def test_demo_budget_follows_native_precision(monkeypatch, device, precision, ex
     compute = fp32.pretrain_steps * fp32.pretrain_batch / (full.pretrain_steps * full.pretrain_batch)
     assert compute <= 0.4  # about a third of the full budget's pre-training
     assert fp32.water_steps * fp32.water_crop**2 <= 0.4 * full.water_steps * full.water_crop**2
+
+
+def test_output_dir_is_never_a_foreign_folder(tmp_path: Path, capsys) -> None:
+    """The demo only ever deletes a folder it wrote itself: a user's non-empty folder (or a file) is refused before
+    any work and left exactly as it was; an earlier demo run's folder is replaced (and said so)."""
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "field-survey.tif").write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="not written by the demo"):
+        run(foreign, QUICK)
+    assert [path.name for path in foreign.iterdir()] == ["field-survey.tif"]
+    assert (foreign / "field-survey.tif").read_bytes() == b"precious"
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    with pytest.raises(FileExistsError, match="is a file"):
+        run(a_file, QUICK)
+    assert a_file.read_text() == "keep"
+
+    earlier = tmp_path / "demo"
+    prepare_output_dir(earlier)  # a new folder: used and marked
+    (earlier / "summary.json").write_text("{}")
+    prepare_output_dir(earlier)  # an earlier run's: replaced
+    assert "Replacing the previous demo run" in capsys.readouterr().out
+    assert sorted(path.name for path in earlier.iterdir()) == [DEMO_MARKER]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    prepare_output_dir(empty)
+    assert (empty / DEMO_MARKER).is_file()
