@@ -504,9 +504,10 @@ def predict_scene(
     Returns:
         A :class:`ScenePrediction` summary.
 
-    On a CPU under Linux/glibc, freed blocks of up to 64 MiB are kept on the heap for reuse while the
-    scene runs (fresh mappings of the model's large activations each batch cost ~18 % here, see
-    :func:`di3cl_hf.memory.reuse_large_allocations`); glibc's usual settings are restored afterwards.
+    On a CPU under Linux/glibc, freed blocks of up to 64 MiB (the model's activations of a batch) stay
+    on the heap for reuse while the scene runs, instead of being mapped afresh each batch (see
+    :func:`di3cl_hf.memory.reuse_large_allocations` and ``python benchmarks/scene.py``); glibc's usual
+    settings are restored afterwards.
     In the main thread, SIGTERM is handled like Ctrl-C while the scene runs (``KeyboardInterrupt``),
     so the temporary output is removed either way.
 
@@ -517,11 +518,7 @@ def predict_scene(
             (a ``ValueError``); ``OutputExistsError`` when it exists without ``overwrite``.
         FileNotFoundError: The input does not exist.
     """
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    check_tiling(tile_size, overlap, batch_size)
-    if output_path is not None:
-        output_path = check_output_path(output_path, source_files(source), overwrite=overwrite)
+    output_path = _check_request(source, output_path, output_type, tile_size, overlap, batch_size, overwrite)
     weights_1d = blend_weights(tile_size, overlap, blend)
     device = torch.device(device) if device is not None else default_device()
     dtype = precision_dtype(resolve_precision(precision, device))
@@ -536,15 +533,7 @@ def predict_scene(
         open_source(source) as scene,
     ):
         preprocess = ScenePreprocessor(processor, scene, bands)
-        layout = _Layout(
-            tile_size=tile_size,
-            rows=tile_starts(scene.height, tile_size, overlap),
-            cols=tile_starts(scene.width, tile_size, overlap),
-            weights_2d=weights_2d,
-            num_labels=num_labels,
-            output_type=output_type,
-            band_names=_class_names(model, num_labels) if output_type == "probabilities" else ["class"],
-        )
+        layout = _Layout.for_scene(scene, model, tile_size, overlap, weights_2d, num_labels, output_type)
         sink = _ArraySink(scene, layout) if output_path is None else None
         skipped = _write_prediction(
             output_path, scene, preprocess, runner, layout, batch_size, cog, progress, sink=sink
@@ -563,6 +552,24 @@ def predict_scene(
         crs=scene.crs,
         transform=scene.transform,
     )
+
+
+def _check_request(
+    source: SceneSource,
+    output_path: str | os.PathLike[str] | None,
+    output_type: str,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+    overwrite: bool,
+) -> Path | None:
+    """Check :func:`predict_scene`'s arguments before any work; the checked output path (``None``: in memory)."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    check_tiling(tile_size, overlap, batch_size)
+    if output_path is None:
+        return None
+    return check_output_path(output_path, source_files(source), overwrite=overwrite)
 
 
 def _prepare_model(
@@ -594,6 +601,29 @@ class _Layout:
     num_labels: int
     output_type: str
     band_names: list[str]
+
+    @classmethod
+    def for_scene(
+        cls,
+        scene: Any,
+        model: torch.nn.Module,
+        tile_size: int,
+        overlap: int,
+        weights_2d: np.ndarray,
+        num_labels: int,
+        output_type: str,
+    ) -> _Layout:
+        """Tiles of ``tile_size`` covering ``scene`` with at least ``overlap`` between neighbours; one output band
+        (``class``) or one per class (named from the model's ``id2label``) for ``probabilities``."""
+        return cls(
+            tile_size=tile_size,
+            rows=tile_starts(scene.height, tile_size, overlap),
+            cols=tile_starts(scene.width, tile_size, overlap),
+            weights_2d=weights_2d,
+            num_labels=num_labels,
+            output_type=output_type,
+            band_names=_class_names(model, num_labels) if output_type == "probabilities" else ["class"],
+        )
 
 
 class _ArraySink:
