@@ -81,7 +81,7 @@ def mlp(dim_in: int, hidden: int, dim_out: int, batch_norm: bool = False) -> nn.
 
 
 class ReferenceDI3CL(nn.Module):
-    """MoCo v2 + contour consistency + dynamic instances, float32, single process (METHOD.md §2-3)."""
+    """MoCo v2 + contour consistency + dynamic instances, float32, single process (docs/method.md#overview)."""
 
     def __init__(self, config: DI3CLConfig) -> None:
         super().__init__()

@@ -227,7 +227,7 @@ def _pretrain(data_dir: Path, output_dir: Path, budget: DemoBudget, seed: int, n
             max_steps=budget.pretrain_steps,
             warmup_steps=max(1, budget.pretrain_steps // 20),
             base_learning_rate=0.3,
-            momentum=0.99,  # a short run: a faster key encoder than the release's 0.999 (METHOD.md §2)
+            momentum=0.99,  # a short run: a faster key encoder than the release's 0.999 (docs/training.md#small-runs)
             num_workers=num_workers,
             output_dir=str(output_dir),
             logging_steps=max(1, budget.pretrain_steps // 10),

@@ -107,6 +107,26 @@ def _check_pretraining_inputs(
     return query_boxes, key_boxes
 
 
+NO_SAMPLE = -1
+"""`queue_ids` value of a queued key whose sample is unknown (never masked)."""
+
+
+def _own_sample_columns(sample_ids: torch.Tensor, queue_ids: torch.Tensor) -> torch.Tensor:
+    """`[B, 1 + K]` mask of the logits to drop: the queued keys (columns 1..K) that came from each query's own
+    sample. Column 0 (the positive) is never masked; ids of `NO_SAMPLE` never match."""
+    sample_ids = sample_ids.to(queue_ids.device, torch.long).reshape(-1, 1)
+    own = (queue_ids.unsqueeze(0) == sample_ids) & (sample_ids != NO_SAMPLE)
+    return torch.cat([torch.zeros_like(own[:, :1]), own], dim=1)
+
+
+def _fill_missing_queue_ids(module, state_dict, prefix, *args) -> None:
+    """`load_state_dict` pre-hook: a state without `queue_ids` (written before it existed) gets an empty one."""
+    key = f"{prefix}queue_ids"
+    queue = state_dict.get(f"{prefix}global_queue")
+    if key not in state_dict and queue is not None:
+        state_dict[key] = torch.full((queue.shape[1],), NO_SAMPLE, dtype=torch.long)
+
+
 def _world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
@@ -179,6 +199,7 @@ class DI3CLPreTrainedModel(PreTrainedModel):
         r"global_queue",
         r"contour_queue",
         r"queue_ptr",
+        r"queue_ids",
     ]
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -216,6 +237,7 @@ class DI3CLPreTrainedModel(PreTrainedModel):
             for queue in (module.global_queue, module.contour_queue):
                 init.copy_(queue, F.normalize(torch.randn(queue.shape, dtype=queue.dtype), dim=0))
             init.zeros_(module.queue_ptr)
+            init.constant_(module.queue_ids, NO_SAMPLE)
             for momentum_module in module._momentum_modules():  # loaders may rebuild parameters as trainable
                 momentum_module.requires_grad_(False)
 
@@ -317,13 +339,16 @@ class DI3CLBackbone(BackboneMixin, DI3CLPreTrainedModel):
 
 
 class DI3CLForPreTraining(DI3CLPreTrainedModel):
-    """DI3CL pre-training: MoCo v2 with contour consistency and dynamic instances (METHOD.md §2–3).
+    """DI3CL pre-training: MoCo v2 with contour consistency and dynamic instances (docs/method.md).
 
     The query encoder is `self.di3cl` (a [`DI3CLModel`]), so `DI3CLModel.from_pretrained(<this model's folder>)`
     yields it. Key side: `momentum_encoder`, `momentum_global_projector`, `momentum_contour_projector`,
     `momentum_instance_projector`, exponential moving averages of their query twins, never receiving gradients.
-    Buffers: `global_queue` and `contour_queue` (`[projection_dim, queue_size]`, float32, unit columns) and
-    `queue_ptr` (`[1]`, long).
+    Buffers: `global_queue` and `contour_queue` (`[projection_dim, queue_size]`, float32, unit columns),
+    `queue_ptr` (`[1]`, long) and `queue_ids` (`[queue_size]`, long): the sample id of every queued key (-1: none).
+    When `forward` is given `sample_ids`, a query never uses its own sample's queued keys as negatives (they are
+    masked out of the logits): with a corpus not much larger than the queue, every image would otherwise meet
+    itself among its negatives many times (docs/method.md, "Queues").
 
     In training mode each forward first updates the key side (EMA), then encodes the keys, and after the losses
     writes the (gathered) keys into both queues. In eval mode neither happens, so validation leaves the state
@@ -356,6 +381,9 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
         self.register_buffer("global_queue", F.normalize(torch.randn(dim, config.queue_size), dim=0))
         self.register_buffer("contour_queue", F.normalize(torch.randn(dim, config.queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self.register_buffer("queue_ids", torch.full((config.queue_size,), NO_SAMPLE, dtype=torch.long))
+        # checkpoints written before `queue_ids` existed load with an empty id record
+        self._register_load_state_dict_pre_hook(_fill_missing_queue_ids, with_module=True)
         self.post_init()
 
     @classmethod
@@ -399,6 +427,7 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
             "columns": columns,
             "global_queue": self.global_queue.index_select(1, columns).clone(),
             "contour_queue": self.contour_queue.index_select(1, columns).clone(),
+            "queue_ids": self.queue_ids.index_select(0, columns).clone(),
         }
 
     @torch.no_grad()
@@ -406,6 +435,8 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
         """Put back the queue columns and pointer saved by [`~DI3CLForPreTraining.queue_snapshot`]."""
         for name in ("global_queue", "contour_queue"):
             getattr(self, name).index_copy_(1, snapshot["columns"], snapshot[name])
+        if "queue_ids" in snapshot:
+            self.queue_ids.index_copy_(0, snapshot["columns"], snapshot["queue_ids"])
         self.queue_ptr.copy_(snapshot["queue_ptr"])
 
     def queue_digest(self) -> str:
@@ -418,7 +449,8 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
                 array.view(torch.uint8).numpy().tobytes() if array.numel() else b""
             ).hexdigest()
 
-        return f"{digest(self.global_queue)}{digest(self.contour_queue)}@{int(self.queue_ptr)}"
+        digests = f"{digest(self.global_queue)}{digest(self.contour_queue)}{digest(self.queue_ids)}"
+        return f"{digests}@{int(self.queue_ptr)}"
 
     def _query_modules(self) -> list[nn.Module]:
         return [self.di3cl.encoder, self.global_projector, self.contour_projector, self.instance_projector]
@@ -486,7 +518,7 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
         heads = [*self.instance_projector.parameters(), *self.instance_predictor.parameters()]
         return sum(parameter.float().sum() for parameter in heads) * 0.0
 
-    # The three DI3CL tasks read top to bottom in METHOD.md's order (query, key, global, contour, instance,
+    # The three DI3CL tasks read top to bottom in docs/method.md's order (query, key, global, contour, instance,
     # enqueue); input checks and the empty-box instance term are helpers.
     def forward(
         self,
@@ -494,6 +526,7 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
         key_pixel_values: torch.Tensor,
         query_boxes: torch.Tensor | None = None,
         key_boxes: torch.Tensor | None = None,
+        sample_ids: torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> DI3CLForPreTrainingOutput | tuple:
@@ -508,6 +541,10 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
                 `key_boxes`. `num_boxes` may be 0 (no overlapping views): the instance term is then 0.
             key_boxes (`torch.FloatTensor` of shape `(num_boxes, 5)`, *optional*):
                 The same physical regions in the key view.
+            sample_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Id of the source sample of each image (e.g. its index in the corpus; non-negative). Queued keys of
+                the same sample are not used as negatives of its queries, and the ids are queued with the keys.
+                Without them (and for queued keys that came without), every queued key is a negative.
             return_dict (`bool`, *optional*):
                 Whether to return a `DI3CLForPreTrainingOutput` instead of a tuple.
         """
@@ -551,6 +588,10 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
             contour_logits = info_nce_logits(
                 query_contour, key_contour, self.contour_queue.clone(), config.temperature
             )
+            if sample_ids is not None:
+                own = _own_sample_columns(sample_ids, self.queue_ids)
+                global_logits = global_logits.masked_fill(own, float("-inf"))
+                contour_logits = contour_logits.masked_fill(own, float("-inf"))
             global_loss, global_accuracy = info_nce_loss(global_logits)
             contour_loss, contour_accuracy = info_nce_loss(contour_logits)
             if num_boxes > 0:
@@ -565,8 +606,15 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
 
         if self.training:
             keys = [key_global, key_contour]
+            ids = sample_ids if sample_ids is not None else torch.full_like(self.queue_ptr, NO_SAMPLE)
+            ids = ids.to(self.queue_ids.device, torch.long).expand(key_global.shape[0])
             if _world_size() > 1:
                 keys = [_concat_all_gather(key) for key in keys]
+                ids = _concat_all_gather(ids.contiguous())
+            columns = (
+                torch.arange(ids.shape[0], device=self.queue_ptr.device) + self.queue_ptr
+            ) % self.queue_ids.shape[0]
+            self.queue_ids.index_copy_(0, columns, ids)
             enqueue([self.global_queue, self.contour_queue], keys, self.queue_ptr)
 
         output = DI3CLForPreTrainingOutput(

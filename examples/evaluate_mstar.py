@@ -8,8 +8,8 @@ sub-folder per class, 8-bit magnitude JPEG chips). Each ``--encoder NAME=FOLDER`
 name, atomic write) and ``--output_md`` is regenerated from it; text below the line ``<!-- notes -->`` in an
 existing markdown file is kept. Example (the commands behind ``results/real/mstar.md``)::
 
-    OMP_NUM_THREADS=1 python examples/evaluate_mstar.py --mstar_dir ../shared/data/mstar-10 \
-        --encoder random=random --encoder di3cl-real-s1=/work/realrun/r18-s1/encoder \
+    OMP_NUM_THREADS=1 python examples/evaluate_mstar.py --mstar_dir "$MSTAR_DIR" \
+        --encoder random=random --encoder di3cl-real-s1=runs/s1/r18-s1/encoder \
         --output_json results/real/mstar.json --output_md results/real/mstar.md
 """
 

@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
-# Real-SAR pre-training recipe (issue #15 item 3): DI3CL ResNet-18 on all 100 Sentinel-1 IW GRD VH scenes of
-# ../shared/data/s1-vh-scenes (1024² px, 10 m, uint8 quick-looks), on a 2-core CPU in <= 90 min.
+# Real-Sentinel-1 pre-training recipe (issue #24): a one-channel ResNet-18 on every real S1 image available for
+# pre-training, on a 2-core CPU in <= 90 min.
 #
-#   bash examples/pretrain_s1.sh [SCENES_DIR] [WORK_DIR]      # defaults: ../shared/data/s1-vh-scenes runs/s1
+#   bash examples/pretrain_s1.sh SCENES_DIR ETCI_DIR OMBRIA_DIR WORK_DIR [OBJECTIVE] [extra pretrain.py flags]
 #
-# Step 1 cuts every scene into 16 georeferenced 256² tiles (1,600 tiles; di3cl_hf.demo.tile_scenes, rasterio
-# windows). Step 2 pre-trains on them: 128-px views, batch 32, queue 4096, 2,400 updates (48 epochs), one
-# channel (VH), one torch thread (fastest on a small shared CPU), bf16 autocast where the CPU runs it natively
-# (AVX512_BF16 / AMX), fp32 otherwise. Output: WORK_DIR/r18-s1/encoder (DI3CLModel + image processor with the
-# corpus image_mean/image_std measured on 2,000 sampled tiles + model card); TensorBoard logs in WORK_DIR/r18-s1.
-# STATISTICS_SAMPLES=0 keeps the nominal normalisation, as the recorded run in results/real/pretrain-s1 did.
+# OBJECTIVE: di3cl (default) or mocov2 (the ablation baseline: global InfoNCE only, same corpus and budget).
+# Step 1 (examples/prepare_s1_corpus.py) builds WORK_DIR/data/corpus (whole 1024² VH scenes, ETCI train-block
+# tiles one band per image with nodata 255, OMBRIA train before/after images; no evaluation image) and
+# WORK_DIR/data/monitor (ETCI validation blocks, water masks) for the online probe.
+# Step 2 pre-trains: random 256² crops of every image (a scene is drawn once per 256² of its area per epoch),
+# 128-px views (preset `speckle`: flips, 90° rotations, scale, Gamma speckle, no gain/contrast jitter), batch 32,
+# queue 2048 (< the 2,276 distinct images; a query's own image is masked out of its negatives), SGD lr 0.06,
+# cosine, key momentum 0.99, one torch thread, bf16 autocast where native. The online linear probe on the
+# monitor folder runs every 200 updates; the best encoder by it is WORK_DIR/<objective>/best-encoder.
 set -euo pipefail
-SCENES=${1:-../shared/data/s1-vh-scenes}
-WORK=${2:-runs/s1}
+if [ "$#" -lt 4 ]; then
+  sed -n 2,15p "$0"; exit 2
+fi
+SCENES=$1; ETCI=$2; OMBRIA=$3; WORK=$4; OBJECTIVE=${5:-di3cl}
+shift 4; [ "$#" -gt 0 ] && shift
 PYTHON=${PYTHON:-python}
-STATISTICS_SAMPLES=${STATISTICS_SAMPLES:-2000}
+MAX_STEPS=${MAX_STEPS:-2800}
 
-"$PYTHON" -c 'import sys; from di3cl_hf.demo import tile_scenes; print(len(tile_scenes(sys.argv[1], sys.argv[2], 256)), "tiles")' \
-  "$SCENES" "$WORK/tiles"
+"$PYTHON" examples/prepare_s1_corpus.py --scenes "$SCENES" --etci "$ETCI" --ombria "$OMBRIA" --output "$WORK/data"
 
 OMP_NUM_THREADS=1 "$PYTHON" examples/pretrain.py \
-  --data_dir "$WORK/tiles" --output_dir "$WORK/r18-s1" --backbone resnet18 --num_channels 1 \
-  --image_size 128 --queue_size 4096 --per_device_batch_size 32 --max_steps 2400 --learning_rate 0.06 \
-  --warmup_steps 100 --momentum 0.99 --num_workers 1 --logging_steps 20 --save_steps 400 \
-  --statistics_samples "$STATISTICS_SAMPLES" --disable_tqdm
+  --data_dir "$WORK/data/corpus" --output_dir "$WORK/$OBJECTIVE" --objective "$OBJECTIVE" \
+  --backbone resnet18 --num_channels 1 --image_size 128 --sample_crop_size 256 --augmentation_preset speckle \
+  --queue_size 2048 --per_device_batch_size 32 --max_steps "$MAX_STEPS" --learning_rate 0.06 --warmup_steps 100 \
+  --momentum 0.99 --num_workers 1 --logging_steps 20 --save_steps 200 --save_total_limit 2 \
+  --statistics_samples 2000 --monitor_data_dir "$WORK/data/monitor" --monitor_steps 200 \
+  --dataset_cache_dir "$WORK/hf-cache" --disable_tqdm "$@"

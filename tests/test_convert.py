@@ -1,4 +1,4 @@
-"""Converter of the original DI3CL release checkpoints (METHOD.md §6)."""
+"""Converter of the original DI3CL release checkpoints (docs/method.md#release-checkpoints)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def release_state_dict(model: DI3CLForPreTraining) -> dict[str, torch.Tensor]:
     inverse_buffers = {new: old for old, new in BUFFER_NAMES.items()}
     state_dict = {}
     for key, value in model.state_dict().items():
+        if key == "queue_ids":  # ours only: the release does not record the queued keys' samples
+            continue
         if key in inverse_buffers:
             name = inverse_buffers[key]
         else:

@@ -6,6 +6,7 @@
 - :mod:`.builders`: what the builders share (fingerprints, shards, band names, skipped-file reports)
 - :mod:`.sarsense`: the SARSense pre-training builder (:func:`load_sarsense`)
 - :mod:`.segmentation`: the segmentation builder (:func:`load_segmentation`), label fractions, splits
+- :mod:`.flood`: ETCI 2021 and OMBRIA flood sets as they come (:func:`load_flood`, ``layout=`` of the builder)
 - :mod:`.parquet`: lossless array columns, decoding (:func:`with_decoding`), Parquet export + card
 - :mod:`.samples`: the real Sentinel-1 sample shipped in the repository
 - :mod:`.synthetic`: synthetic SAR scenes, patches and segmentation sets
@@ -21,6 +22,7 @@ from .classes import (
     WATER_CLASSES,
     SegmentationTask,
 )
+from .flood import FLOOD_LAYOUTS, etci_block_split, load_flood
 from .parquet import (
     SARDecoder,
     dataset_card,
@@ -50,6 +52,7 @@ from .segmentation import (
 )
 
 __all__ = [
+    "FLOOD_LAYOUTS",
     "IGNORE_INDEX",
     "LANDCOVER_CLASSES",
     "PAPER_LABEL_FRACTIONS",
@@ -72,11 +75,13 @@ __all__ = [
     "decode_batch",
     "decode_example",
     "encode_array",
+    "etci_block_split",
     "export_parquet",
     "find_segmentation_splits",
     "group_polarisations",
     "label_fraction_subset",
     "list_sar_files",
+    "load_flood",
     "load_sarsense",
     "load_segmentation",
     "mask_to_label",

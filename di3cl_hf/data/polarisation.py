@@ -120,6 +120,7 @@ def read_sample(
     bands: Sequence[int] | None = None,
     boundless: bool = False,
     max_bands: int | None = None,
+    nodata: float | None = None,
 ) -> SARRaster:
     """Read one sample: a single file, or one single-band file per polarisation stacked as bands.
 
@@ -129,6 +130,9 @@ def read_sample(
         bands: 1-based bands of the stacked sample.
         boundless: See :func:`~di3cl_hf.data.sario.read_sar`.
         max_bands: Most bands (``None``: any, lossless).
+        nodata: A declared no-data value, for files that cannot say it themselves (8-bit PNG tiles where
+            255 means no data, as ETCI's): a pixel equal to it in any (kept) band is invalid, on top of
+            the files' own nodata / NaN / alpha mask, and the raster's ``nodata`` becomes this value.
 
     Raises:
         SARFileError: A file that cannot be read, a polarisation file with more than one band, or
@@ -136,7 +140,8 @@ def read_sample(
     """
     paths = [Path(f) for f in files]
     if len(paths) == 1:
-        return read_sar(paths[0], window=window, bands=bands, boundless=boundless, max_bands=max_bands)
+        raster = read_sar(paths[0], window=window, bands=bands, boundless=boundless, max_bands=max_bands)
+        return declare_nodata(raster, nodata)
     parts = [read_sar(p, window=window, boundless=boundless, max_bands=None) for p in paths]
     first = parts[0]
     for part in parts:
@@ -158,7 +163,7 @@ def read_sample(
     )
     names = tuple(pol for p in paths for pol in [(polarisation_of(p) or ("", None))[1]])
     same_nodata = all(p.nodata == first.nodata or np.isnan([p.nodata, first.nodata]).all() for p in parts)
-    nodata = first.nodata if first.nodata is not None and same_nodata else None
+    file_nodata = first.nodata if first.nodata is not None and same_nodata else None
     valid = np.logical_and.reduce([p.valid_mask for p in parts])
     if bands is not None:
         indexes = [int(b) for b in bands]
@@ -168,11 +173,24 @@ def read_sample(
         array, names = array[[b - 1 for b in indexes]], tuple(names[b - 1] for b in indexes)
     elif max_bands is not None and array.shape[0] > max_bands:
         raise SARFileError(f"{first.path}: {array.shape[0]} polarisations, at most {max_bands}: choose bands")
-    return SARRaster(array, valid, first.crs, first.transform, nodata, first.path, names)
+    raster = SARRaster(array, valid, first.crs, first.transform, file_nodata, first.path, names)
+    return declare_nodata(raster, nodata)
+
+
+def declare_nodata(raster: SARRaster, nodata: float | None) -> SARRaster:
+    """``raster`` with pixels equal to ``nodata`` in any band marked invalid (``None``: unchanged; NaN is
+    invalid anyway)."""
+    if nodata is None:
+        return raster
+    if not np.isnan(nodata):
+        raster.valid_mask = raster.valid_mask & ~(raster.array == nodata).any(axis=0)
+    raster.nodata = float(nodata)
+    return raster
 
 
 __all__ = [
     "POLARISATION_ORDER",
+    "declare_nodata",
     "PolarisationError",
     "SampleFiles",
     "file_polarisations",

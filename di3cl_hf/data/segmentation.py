@@ -12,6 +12,14 @@ pixel that way: when every mask of a binary task's folder holds exactly the valu
 excluded), 255 is read as class 1 with one warning naming the folder. ``mask_values`` overrides the
 rule (``{0: 0, 255: 1}``, or ``{}`` to read raw values). A class that no labelled training pixel has
 gets a warning when the set is loaded, before any training.
+
+**Image no data.** Pixels that are nodata in the image files (GeoTIFF nodata, NaN, alpha) are invalid;
+``nodata=`` declares a value for files that cannot say it (8-bit PNG tiles where 255 means no data):
+a pixel equal to it in any band is invalid too. Invalid pixels get the ignore label.
+
+**Flood layouts.** ``layout="etci"``, ``"etci-classes"``, ``"ombria-after"`` or ``"ombria-pair"`` reads
+the ETCI 2021 and OMBRIA sets as they come (two label files per tile, BEFORE/AFTER/MASK folders, ETCI's
+255 = no data, split by grid blocks); the rules are in :mod:`di3cl_hf.data.flood`.
 """
 
 from __future__ import annotations
@@ -66,6 +74,13 @@ def _find_dir(folder: Path, names: Sequence[str]) -> Path | None:
         if (folder / name).is_dir():
             return folder / name
     return None
+
+
+def _flood() -> Any:
+    """:mod:`di3cl_hf.data.flood`, imported on use (it imports this module)."""
+    from . import flood
+
+    return flood
 
 
 def find_segmentation_splits(
@@ -248,6 +263,9 @@ class SARSegmentationConfig(datasets.BuilderConfig):
         bands: 1-based image bands to keep (``None``: all).
         mask_values: Raw mask value -> class id (or ``ignore_index``), applied before the usual
             rules; ``None`` detects 0/255 binary masks (module docstring), ``{}`` reads raw values.
+        layout: A flood layout of :mod:`di3cl_hf.data.flood` (``"etci"``, ``"etci-classes"``,
+            ``"ombria-after"``, ``"ombria-pair"``), or ``None`` for image/mask folders.
+        nodata: Image value meaning no data (``None``: the files' own, or the layout's: 255 for ETCI).
     """
 
     task: str = "landcover"
@@ -256,12 +274,18 @@ class SARSegmentationConfig(datasets.BuilderConfig):
     strict: bool = False
     bands: tuple[int, ...] | None = None
     mask_values: dict[int, int] | None = field(default=None)
+    layout: str | None = None
+    nodata: float | None = None
 
     @property
     def segmentation_task(self) -> SegmentationTask:
-        """The :class:`SegmentationTask` this config describes."""
+        """The :class:`SegmentationTask` this config describes (a layout's classes unless ``class_names``)."""
         if self.class_names is not None:
             return SegmentationTask(self.task, tuple(self.class_names), self.ignore_index)
+        if self.layout is not None:
+            return SegmentationTask(
+                self.task, _flood().flood_layout(self.layout).class_names, self.ignore_index
+            )
         if self.task not in SEGMENTATION_PRESETS:
             raise ValueError(
                 f"unknown task {self.task!r}: expected one of {sorted(SEGMENTATION_PRESETS)} or pass class_names"
@@ -275,7 +299,9 @@ class SARSegmentation(ReportingBuilderMixin, datasets.GeneratorBasedBuilder):
     Columns: ``image``, ``valid_mask``, ``label`` (uint8, ``ignore_index`` for unlabelled pixels;
     lossless array structs), ``crs``, ``transform``, ``path`` (image, relative to ``data_dir``; the
     first file of a per-polarisation group), ``mask_path``, ``band_names`` (one per image band) and
-    ``classes_present`` (a list of ``ClassLabel`` whose ``names`` are the task's class names).
+    ``classes_present`` (a list of ``ClassLabel`` whose ``names`` are the task's class names). With a flood
+    ``layout`` (:mod:`di3cl_hf.data.flood`) ``mask_path`` is the first label file and ``band_names`` the
+    layout's channels.
     """
 
     BUILDER_CONFIG_CLASS = SARSegmentationConfig
@@ -287,14 +313,23 @@ class SARSegmentation(ReportingBuilderMixin, datasets.GeneratorBasedBuilder):
             raise ValueError("SARSegmentation needs data_dir=<folder with images/ and masks/>")
         task = kwargs.get("task", "landcover")
         root = Path(data_dir)
-        splits = find_segmentation_splits(root, task)
-        kwargs["data_dir"] = str(root.resolve())
-        if "hash" not in kwargs:
+        if kwargs.get("layout") is not None:
+            if kwargs.get("mask_values") is not None:
+                raise ValueError(
+                    f"mask_values does not apply to layout={kwargs['layout']!r} (its masks are read by the "
+                    "layout's rule, see di3cl_hf.data.flood); drop mask_values"
+                )
+            samples = _flood().find_flood_samples(root, kwargs["layout"])
+            files = [f for split in samples.values() for s in split for f in s.images + s.masks]
+        else:
+            splits = find_segmentation_splits(root, task)
             files = [
                 f
                 for image_dir, mask_dir in splits.values()
                 for f in list_sar_files(image_dir) + list_sar_files(mask_dir)
             ]
+        kwargs["data_dir"] = str(root.resolve())
+        if "hash" not in kwargs:
             kwargs["hash"] = fingerprint(files)
         kwargs.setdefault("dataset_name", f"sar_segmentation_{task}")
         super().__init__(*args, **kwargs)
@@ -334,6 +369,20 @@ class SARSegmentation(ReportingBuilderMixin, datasets.GeneratorBasedBuilder):
         return detected
 
     def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
+        if self.config.layout is not None:
+            found = _flood().find_flood_samples(self.config.data_dir, self.config.layout)
+            return [
+                datasets.SplitGenerator(
+                    name=split,
+                    gen_kwargs={
+                        "images": [[str(f) for f in s.images] for s in samples],
+                        "masks": [[str(f) for f in s.masks] for s in samples],
+                        "mask_values": [[] for _ in samples],
+                        "names": [list(s.band_names) for s in samples],
+                    },
+                )
+                for split, samples in found.items()
+            ]
         generators = []
         for split, (image_dir, mask_dir) in find_segmentation_splits(
             self.config.data_dir, self.config.task
@@ -345,36 +394,56 @@ class SARSegmentation(ReportingBuilderMixin, datasets.GeneratorBasedBuilder):
                     name=split,
                     gen_kwargs={
                         "images": [[str(f) for f in i] for i, _ in pairs],
-                        "masks": [str(m) for _, m in pairs],
+                        "masks": [[str(m)] for _, m in pairs],
                         "mask_values": [sorted((value_map or {}).items())] * len(pairs),
+                        "names": [[] for _ in pairs],
                     },
                 )
             )
         return generators
 
+    def _read_label(
+        self, image: Any, mask_paths: list[Path], value_map: dict[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(label, valid)`` of one sample from its mask file(s), checked against the image size."""
+        masks = [read_sar(path, max_bands=None) for path in mask_paths]
+        for path, mask in zip(mask_paths, masks):
+            if mask.array.shape[1:] != image.array.shape[1:]:
+                raise PairingError(
+                    f"{image.path.name} is {image.height}x{image.width} but {path.name} is {mask.height}x{mask.width}"
+                )
+        valid = np.logical_and.reduce([mask.valid_mask for mask in masks])
+        if self.config.layout is not None:
+            return _flood().flood_label([m.array for m in masks], self.config.layout, mask_paths), valid
+        task, mask = self.config.segmentation_task, masks[0]
+        return mask_to_label(mask.array, task, mask.nodata, mask_paths[0], value_map), valid
+
     def _generate_examples(
-        self, images: list[list[str]], masks: list[str], mask_values: list[list[tuple[int, int]]]
+        self,
+        images: list[list[str]],
+        masks: list[list[str]],
+        mask_values: list[list[tuple[int, int]]],
+        names: list[list[str]],
     ) -> Iterator[tuple[Key, dict[str, Any]]]:
         root = Path(self.config.data_dir)
         task = self.config.segmentation_task
-        for index, (image_names, mask_name, value_map) in enumerate(zip(images, masks, mask_values)):
-            image_paths, mask_path = [Path(n) for n in image_names], Path(mask_name)
+        nodata = self.config.nodata
+        if nodata is None and self.config.layout is not None:
+            nodata = _flood().flood_layout(self.config.layout).nodata
+        for index, (image_names, mask_names, value_map) in enumerate(zip(images, masks, mask_values)):
+            image_paths, mask_paths = [Path(n) for n in image_names], [Path(n) for n in mask_names]
             try:
-                image = read_sample(image_paths, bands=self.config.bands, max_bands=None)
-                mask = read_sar(mask_path, max_bands=None)
-                if mask.array.shape[1:] != image.array.shape[1:]:
-                    raise PairingError(
-                        f"{image_paths[0].name} is {image.height}x{image.width} but {mask_path.name} is {mask.height}x{mask.width}"
-                    )
-                label = mask_to_label(mask.array, task, mask.nodata, mask_path, dict(value_map))
+                image = read_sample(image_paths, bands=self.config.bands, max_bands=None, nodata=nodata)
+                label, mask_valid = self._read_label(image, mask_paths, dict(value_map))
             except SARFileError as error:
                 if self.config.strict:
                     raise
                 self._skip(relative_path(image_paths[0], root), error)
                 continue
-            label[~image.valid_mask | ~mask.valid_mask] = task.ignore_index
+            label[~image.valid_mask | ~mask_valid] = task.ignore_index
             present = np.unique(label[label != task.ignore_index]).tolist()
             pols = file_polarisations(image_paths)
+            channel_names = names[index] if names[index] and image.num_bands == len(names[index]) else None
             yield (
                 Key(index, 0),
                 {
@@ -384,8 +453,8 @@ class SARSegmentation(ReportingBuilderMixin, datasets.GeneratorBasedBuilder):
                     "crs": crs_wkt(image.crs),
                     "transform": transform_list(image.transform),
                     "path": relative_path(image_paths[0], root),
-                    "mask_path": relative_path(mask_path, root),
-                    "band_names": band_names(image.num_bands, image.band_names, pols),
+                    "mask_path": relative_path(mask_paths[0], root),
+                    "band_names": channel_names or band_names(image.num_bands, image.band_names, pols),
                     "classes_present": present,
                 },
             )
@@ -403,6 +472,8 @@ def load_segmentation(
     image_dtype: str | None = "float32",
     bands: Sequence[int] | None = None,
     mask_values: Mapping[int, int] | None = None,
+    layout: str | None = None,
+    nodata: float | None = None,
 ) -> datasets.DatasetDict:
     """Load a downstream segmentation set as a ``DatasetDict`` (splits from the folder layout).
 
@@ -419,6 +490,10 @@ def load_segmentation(
         bands: 1-based image bands to keep (``None``: all).
         mask_values: Raw mask value -> class id, e.g. ``{0: 0, 255: 1}`` (see the module docstring;
             ``None`` detects 0/255 binary masks, ``{}`` reads raw values).
+        layout: Read a flood set as it comes (``"etci"``, ``"etci-classes"``, ``"ombria-after"``,
+            ``"ombria-pair"``; :mod:`di3cl_hf.data.flood`); its classes unless ``class_names``.
+        nodata: Image value meaning no data, e.g. 255 for 8-bit PNG tiles (``None``: the files' own,
+            or the layout's).
 
     Returns:
         ``DatasetDict`` with the splits found (``train`` and, when present, ``validation``/``test``).
@@ -428,6 +503,8 @@ def load_segmentation(
         PairingError: Unmatched or mis-sized image/mask pairs (all listed).
         PolarisationError: A per-polarisation sample lacks a polarisation (named).
     """
+    if layout is not None:
+        _flood().flood_layout(layout)  # unknown names fail here, with the list
     builder = SARSegmentation(
         data_dir=str(data_dir),
         task=task,
@@ -436,6 +513,8 @@ def load_segmentation(
         strict=strict,
         bands=tuple(bands) if bands is not None else None,
         mask_values=dict(mask_values) if mask_values is not None else None,
+        layout=layout,
+        nodata=None if nodata is None else float(nodata),
         cache_dir=str(cache_dir) if cache_dir is not None else None,
     )
     builder.download_and_prepare()
@@ -476,16 +555,30 @@ PAPER_LABEL_FRACTIONS = (0.01, 0.05, 0.1, 1.0)
 """Fractions of labelled training samples used in the paper's fine-tuning experiments."""
 
 
-def label_fraction_subset(dataset: datasets.Dataset, fraction: float, seed: int = 0) -> datasets.Dataset:
+def label_fraction_subset(
+    dataset: datasets.Dataset,
+    fraction: float,
+    seed: int = 0,
+    positive_classes: Sequence[int] | None = None,
+) -> datasets.Dataset:
     """A reproducible random subset with ``fraction`` of the samples (at least one).
 
-    The same seed draws one permutation for every fraction, so the subsets are nested
+    The same seed draws one permutation for every fraction; a subset is the first
+    ``max(1, round(fraction * len))`` samples of it, so the subsets are nested
     (1 % ⊂ 5 % ⊂ 10 % ⊂ 100 %) and rows keep their original order.
 
+    **Positive guarantee** (``positive_classes``, e.g. ``[1]`` for water): a small draw can miss every
+    foreground sample (5 of 464 ETCI tiles may hold no water, and then IoU is 0). When none of the drawn
+    samples has a labelled pixel of ``positive_classes`` (column ``classes_present``), the last drawn
+    sample is replaced by the first sample later in the same permutation that has one. A draw that holds
+    one is unchanged, and the subsets stay nested. When no sample of ``dataset`` has one, the plain draw
+    is returned with a warning.
+
     Args:
-        dataset: Usually a ``train`` split.
+        dataset: Usually a ``train`` split (needs ``classes_present`` for ``positive_classes``).
         fraction: In ``(0, 1]``, e.g. one of :data:`PAPER_LABEL_FRACTIONS`.
         seed: Seed of the permutation.
+        positive_classes: Class ids of which the subset must hold at least one labelled pixel.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -494,7 +587,20 @@ def label_fraction_subset(dataset: datasets.Dataset, fraction: float, seed: int 
         raise ValueError("cannot take a label fraction of an empty dataset")
     count = max(1, int(math.floor(fraction * total + 0.5)))
     order = np.random.default_rng(seed).permutation(total)
-    return dataset.select(np.sort(order[:count]).tolist())
+    chosen = order[:count].copy()
+    if positive_classes and count < total:
+        wanted = {int(c) for c in positive_classes}
+        present = dataset.with_format(None)["classes_present"]
+        positive = [i for i in order.tolist() if wanted & set(present[i])]
+        if not positive:
+            warnings.warn(
+                f"label_fraction_subset: no sample holds class(es) {sorted(wanted)}; the subset cannot hold one",
+                UserWarning,
+                stacklevel=2,
+            )
+        elif not set(positive) & set(chosen.tolist()):
+            chosen[-1] = positive[0]
+    return dataset.select(np.sort(chosen).tolist())
 
 
 def train_validation_split(

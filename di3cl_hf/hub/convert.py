@@ -1,7 +1,7 @@
 """Convert a checkpoint of the original DI3CL release (a DDP MoCo fork) into a `DI3CLForPreTraining` folder.
 
 The release saves ``torch.save({"epoch", "arch", "state_dict", "optimizer"})`` with ``module.``-prefixed keys
-(METHOD.md §6). Every key is mapped; unknown or missing keys are refused. The encoder's torchvision ResNet names are
+(docs/method.md#release-checkpoints). Every key is mapped; unknown or missing keys are refused. The encoder's torchvision ResNet names are
 timm's names, so the encoder weights are copied as they are.
 
 Command line: ``di3cl convert-original CHECKPOINT.pth OUT_DIR`` (:mod:`di3cl_hf.cli.convert`).
@@ -173,6 +173,7 @@ def convert_original_checkpoint(
             state_dict[key] = adapt_input_conv_weight(state_dict[key], config.num_channels)
     model = DI3CLForPreTraining(config)
     expected = model.state_dict()
+    state_dict.setdefault("queue_ids", expected["queue_ids"])  # the release records no sample ids: none known
     missing = set(expected) - set(state_dict)
     if missing:
         raise CheckpointConversionError(

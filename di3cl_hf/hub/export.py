@@ -48,7 +48,7 @@ _IMAGENET_CFG_KEYS = (
 
 def _encoder_state_dict(model: nn.Module, timm_keys: Iterable[str]) -> dict[str, Any]:
     """The encoder's tensors under timm's ResNet names (the encoder keeps torchvision / timm names, see
-    METHOD.md §6); the encoder is :func:`di3cl_hf.loading.find_encoder`'s."""
+    docs/method.md#release-checkpoints); the encoder is :func:`di3cl_hf.loading.find_encoder`'s."""
     state = find_encoder(model).state_dict()
     timm_keys = list(timm_keys)
     missing = [key for key in timm_keys if key not in state]

@@ -19,7 +19,11 @@ Presets (``TwoViewTransform(preset=...)``):
   factor in [0.8, 1.2] about the view's mean dB; with p 0.5 extra multiplicative Gamma speckle of
   ``L`` = 4 looks (``10 log10(G)``, ``G ~ Gamma(L, 1/L)``, added in dB); Gaussian blur sigma
   (0.1, 2.0) with p 0.5.
-- ``"release"``: METHOD.md section 4 mapped onto SAR in dB. RandomResizedCrop scale (0.2, 1.0) and
+- ``"speckle"``: the geometry of ``"sar"`` (crop scale (0.2, 1.0), both flips, 90-degree rotations) with no
+  gain or contrast change at all: the backscatter level is what separates water, so it is not jittered;
+  with p 0.5 multiplicative Gamma speckle of ``L`` = 4 looks, with p 0.2 a light Gaussian blur sigma
+  (0.1, 1.0). The real Sentinel-1 recipe uses it (``examples/pretrain_s1.sh``).
+- ``"release"``: the original release's recipe (docs/method.md#views) mapped onto SAR in dB. RandomResizedCrop scale (0.2, 1.0) and
   horizontal flip p 0.5 as released; no vertical flip or rotation. ColorJitter(0.4, 0.4, 0.4, 0.1)
   p 0.8 acted on replicated-grey display values, i.e. on dB scaled linearly to [0, 1]: its
   brightness factor in [0.6, 1.4] multiplies those values, which in dB is a stretch by the same
@@ -55,6 +59,20 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "speckle_looks": 4,
         "blur_p": 0.5,
         "blur_sigma": (0.1, 2.0),
+    },
+    "speckle": {
+        "scale": (0.2, 1.0),
+        "hflip_p": 0.5,
+        "vflip_p": 0.5,
+        "rot90": True,
+        "photometric_p": 0.0,
+        "gain_db": 0.0,
+        "brightness": 0.0,
+        "contrast": 0.0,
+        "speckle_p": 0.5,
+        "speckle_looks": 4,
+        "blur_p": 0.2,
+        "blur_sigma": (0.1, 1.0),
     },
     "release": {
         "scale": (0.2, 1.0),

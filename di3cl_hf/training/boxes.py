@@ -1,4 +1,4 @@
-"""Box pairs over the overlap of two views (METHOD.md section 4), vectorised, and the pre-training collator.
+"""Box pairs over the overlap of two views (docs/method.md#boxes), vectorised, and the pre-training collator.
 
 For each image of a batch, with the two views' :class:`~di3cl_hf.augmentation.ViewGeometry`:
 

@@ -219,10 +219,12 @@ def _kmeans_encoder(grid: EvaluationGridArguments, init: str) -> tuple[nn.Module
     if init == "di3cl":
         return load_model_and_processor(grid.pretrained_model, task="features")
     torch.manual_seed(grid.seeds[0])
-    encoder = DI3CLModel(DI3CLConfig(backbone=grid.backbone, num_channels=grid.num_channels))
+    # FinetuneBudget's default for random/imagenet: 2 channels
+    channels = 2 if grid.num_channels is None else grid.num_channels
+    encoder = DI3CLModel(DI3CLConfig(backbone=grid.backbone, num_channels=channels))
     if init == "imagenet":
         load_imagenet_weights(encoder, grid.imagenet_weights)
-    return encoder, DI3CLImageProcessor(num_channels=grid.num_channels)
+    return encoder, DI3CLImageProcessor(num_channels=channels)
 
 
 def run_evaluation_grid(grid: EvaluationGridArguments) -> dict[str, Any]:

@@ -3,11 +3,15 @@
 The library behind ``examples/finetune.py``:
 
 - :class:`FinetuneArguments` and :func:`finetune`: one run. Data from a segmentation folder
-  (:func:`di3cl_hf.data.load_segmentation`, the three presets or any image/mask folder), a reproducible
-  fraction of the labelled training samples (``label_fraction``), SAR values turned into network input
+  (:func:`di3cl_hf.data.load_segmentation`, the three presets or any image/mask folder, or a flood set as it
+  comes with ``layout``: ETCI, OMBRIA), a reproducible fraction of the labelled training samples
+  (``label_fraction``; for binary tasks and flood layouts it holds at least one foreground sample, see
+  :func:`~di3cl_hf.data.segmentation.label_fraction_subset`), SAR values turned into network input
   by the :class:`~di3cl_hf.image_processing_di3cl.DI3CLImageProcessor` (nodata pixels become the
   ignore label). Initialisation from a DI3CL checkpoint folder, from a local ImageNet timm weight
-  file, or random; full fine-tuning, frozen backbone or linear probe. The loop runs under
+  file, or random (``num_channels`` other than a DI3CL encoder's adapts its first convolution); full
+  fine-tuning, frozen backbone or linear probe (the models: :mod:`di3cl_hf.training.segmentation_models`). The
+  loop runs under
   Accelerate (bf16 autocast where the hardware runs it natively, else fp32, ``accelerate launch`` for several processes), with a progress
   bar, a TensorBoard tracker, rotated atomic checkpoints and ``--resume_from_checkpoint``. At the end
   the model, its processor, the metrics (JSON + markdown in the paper's Table II layout) and a model
@@ -22,7 +26,6 @@ the last incomplete batch whenever the training set has at least two batches' wo
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,14 +42,11 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
-from transformers.modeling_outputs import SemanticSegmenterOutput
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
 from ..atomic import write_text
 from ..configuration_di3cl import DI3CLConfig
@@ -54,7 +54,7 @@ from ..data.segmentation import class_names as dataset_class_names
 from ..data.segmentation import label_fraction_subset, load_segmentation
 from ..hub.cards import build_model_card
 from ..image_processing_di3cl import DI3CLImageProcessor
-from ..loading import CorruptWeightsError, check_channels, find_encoder
+from ..loading import find_encoder
 from ..memory import reuse_large_allocations
 from ..modeling_di3cl import DI3CLForSemanticSegmentation
 from ..runtime import fused_optimizer
@@ -71,15 +71,22 @@ from .common import (
     trackers,
     warn_deprecated,
 )
-from .imagenet import load_backbone_weights_into
 from .metrics import SegmentationMetrics, format_table, save_json
+from .segmentation_models import (
+    MODES,
+    LinearProbeHead,
+    _LinearProbe,
+    configure_trainable,
+    load_imagenet_weights,
+    segmentation_model_on_encoder,
+    set_train_mode,
+)
 from .statistics import estimate_statistics, processor_statistics
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("landcover", "water", "roads")
 INITIALISATIONS = ("di3cl", "imagenet", "random")
-MODES = ("full", "frozen", "linear")
 
 
 @dataclass(kw_only=True)
@@ -98,10 +105,12 @@ class FinetuneBudget(TrainingArguments):
         metadata={"help": "Local timm/torchvision ResNet weight file for init=imagenet (never downloaded)."},
     )
     backbone: str = field(default="resnet50", metadata={"help": "timm encoder for init=random/imagenet."})
-    num_channels: int = field(
-        default=2,
+    num_channels: int | None = field(
+        default=None,
         metadata={
-            "help": "Input channels for init=random/imagenet: 1 VV, 2 VV+VH, 3 (e.g. an 8-bit Pauli RGB, dn8 per band)."
+            "help": "Input channels: 1 VV, 2 VV+VH (or before+after), 3 (e.g. an 8-bit Pauli RGB, dn8 per band). Default: "
+            "2 for init=random/imagenet, the encoder's for init=di3cl; another count than the encoder's adapts its "
+            "first convolution (timm's rule: identical channels give the pre-trained output)."
         },
     )
     mode: str = field(
@@ -148,6 +157,30 @@ class FinetuneArguments(FinetuneBudget):
         default=1.0,
         metadata={"help": "Fraction of labelled training samples (0.01 = 1 percent), chosen from --seed."},
     )
+    label_fraction_positive: bool = field(
+        default=True,
+        metadata={
+            "help": "Binary tasks and flood layouts: the label-fraction subset holds at least one sample with a "
+            "foreground pixel (class > 0; rule in di3cl_hf.data.label_fraction_subset)."
+        },
+    )
+    layout: str | None = field(
+        default=None,
+        metadata={
+            "help": "Flood set read as it comes: etci, etci-classes, ombria-after, ombria-pair (di3cl_hf.data.flood); "
+            "its classes unless --class_names."
+        },
+    )
+    nodata: float | None = field(
+        default=None,
+        metadata={
+            "help": "Image value meaning no data (e.g. 255 in 8-bit PNG tiles; default: the files' or layout's)."
+        },
+    )
+    final_validation: bool = field(
+        default=True,
+        metadata={"help": "Score the validation split at the end (besides test); off leaves it unused."},
+    )
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch per process."})
     backbone_learning_rate_scale: float = field(
         default=1.0, metadata={"help": "Encoder learning rate = learning_rate x this."}
@@ -187,7 +220,7 @@ class FinetuneArguments(FinetuneBudget):
         if self.progress is not None:
             warn_deprecated("progress", "--disable_tqdm")
             self.disable_tqdm, self.progress = not self.progress, None
-        if self.task not in TASKS and not self.class_names:
+        if self.task not in TASKS and not self.class_names and not self.layout:
             raise ValueError(
                 f"FinetuneArguments: task={self.task!r} is not one of {TASKS}; a custom task needs --class_names"
             )
@@ -311,7 +344,10 @@ def load_task_splits(args: FinetuneArguments) -> tuple[Any, Any, Any, list[str]]
     the optional periodic validation, never to select a model) and vice versa; a set with only a
     train split raises (evaluating on training samples would be meaningless).
     """
-    splits = load_segmentation(args.data_dir, task=args.task, class_names=args.class_names, image_dtype=None)
+    splits = load_segmentation(
+        args.data_dir, task=args.task, class_names=args.class_names, image_dtype=None, layout=args.layout,
+        nodata=args.nodata,
+    )  # fmt: skip
     if "train" not in splits:
         raise ValueError(f"{args.data_dir}: no 'train' split for task {args.task!r} (found {list(splits)})")
     validation = splits.get("validation", splits.get("test"))
@@ -320,39 +356,12 @@ def load_task_splits(args: FinetuneArguments) -> tuple[Any, Any, Any, list[str]]
         raise ValueError(
             f"{args.data_dir}: task {args.task!r} has only a train split; expected a 'validation' or 'test' split"
         )
-    train = splits["train"]
+    train, names = splits["train"], dataset_class_names(splits["train"])
     if args.label_fraction < 1.0:
-        train = label_fraction_subset(train, args.label_fraction, seed=args.seed)
-    return train, validation, test, dataset_class_names(splits["train"])
-
-
-def load_imagenet_weights(model: nn.Module, weights_file: str | os.PathLike) -> list[str]:
-    """Load a local ImageNet ResNet weight file into the encoder of a DI3CL segmentation model.
-
-    The file is read by :func:`di3cl_hf.training.imagenet.load_local_backbone_weights` (safetensors or
-    ``torch.load(weights_only=True)``, classifier dropped); conv1 is adapted to the model's input
-    channels with timm's rule (summed kernels for 1 channel, repeated and rescaled otherwise).
-
-    Returns:
-        The encoder keys the file did not provide (empty for a matching architecture).
-
-    Raises:
-        ValueError: no such file, or it does not match the encoder (no key in common, shape mismatch).
-    """
-    return load_backbone_weights_into(find_encoder(model), weights_file, model.config.backbone)
-
-
-class LinearProbeHead(nn.Module):
-    """BatchNorm + 1x1 convolution on the deepest encoder features, upsampled bilinearly: the linear
-    probe of the frozen encoder. Shapes: ``[B, C4, h, w] -> [B, num_labels, h, w]``."""
-
-    def __init__(self, in_channels: int, num_labels: int) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm2d(in_channels, affine=False)
-        self.classifier = nn.Conv2d(in_channels, num_labels, kernel_size=1)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.norm(features))
+        foreground = args.label_fraction_positive and (len(names) == 2 or args.layout is not None)
+        positive = list(range(1, len(names))) if foreground else None
+        train = label_fraction_subset(train, args.label_fraction, seed=args.seed, positive_classes=positive)
+    return train, validation, test, names
 
 
 def build_model(args: FinetuneArguments, class_names: Sequence[str]) -> tuple[nn.Module, Any]:
@@ -367,12 +376,15 @@ def build_model(args: FinetuneArguments, class_names: Sequence[str]) -> tuple[nn
         "decoder_hidden_size": args.decoder_hidden_size,
     }
     if args.init == "di3cl":
-        model, processor = segmentation_model_on_encoder(args.model_name_or_path, **head_kwargs)
+        model, processor = segmentation_model_on_encoder(
+            args.model_name_or_path, num_channels=args.num_channels, **head_kwargs
+        )
         model.train()
     else:
-        config = DI3CLConfig(backbone=args.backbone, num_channels=args.num_channels, **head_kwargs)
+        channels = 2 if args.num_channels is None else args.num_channels
+        config = DI3CLConfig(backbone=args.backbone, num_channels=channels, **head_kwargs)
         model = DI3CLForSemanticSegmentation(config)
-        processor = DI3CLImageProcessor(num_channels=args.num_channels)
+        processor = DI3CLImageProcessor(num_channels=channels)
         if args.init == "imagenet":
             missing = load_imagenet_weights(model, args.imagenet_weights)
             if missing:
@@ -380,91 +392,6 @@ def build_model(args: FinetuneArguments, class_names: Sequence[str]) -> tuple[nn
                     "%s: %d encoder tensors kept random: %s", args.imagenet_weights, len(missing), missing
                 )
     return model, processor
-
-
-def _encoder_weights(model_ref: str) -> dict[str, torch.Tensor]:
-    """The ``DI3CLModel`` tensors (``encoder.*``) of a saved DI3CL folder or Hub id of any DI3CL class."""
-    index = cached_file(model_ref, SAFE_WEIGHTS_INDEX_NAME, _raise_exceptions_for_missing_entries=False)
-    if index:
-        names = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
-        files = [cached_file(model_ref, name) for name in names]
-    else:
-        files = [cached_file(model_ref, SAFE_WEIGHTS_NAME)]
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        for key, tensor in load_file(file).items():
-            key = key.removeprefix(f"{DI3CLForSemanticSegmentation.base_model_prefix}.")
-            if key.startswith("encoder."):
-                state[key] = tensor
-    return state
-
-
-def segmentation_model_on_encoder(model_ref: str, **head_kwargs: Any) -> tuple[nn.Module, Any]:
-    """A new segmentation head on the encoder of ``model_ref`` (fp32, eval mode) and its processor.
-
-    The model is built from the folder's config and the encoder weights are loaded into it explicitly and
-    strictly (every encoder tensor present, none extra, same shapes): the UperNet heads are new by design,
-    so transformers' load report of their ~60 missing tensors is not printed.
-
-    Raises:
-        RuntimeError: The folder's encoder tensors do not match its config (missing, unexpected, shape).
-    """
-    model_ref = str(model_ref)
-    config = DI3CLConfig.from_pretrained(model_ref, **head_kwargs)
-    model = DI3CLForSemanticSegmentation(config)
-    try:
-        model.base_model.load_state_dict(_encoder_weights(model_ref), strict=True)
-    except SafetensorError as error:
-        raise CorruptWeightsError(f"{model_ref}: cannot read the encoder weights ({error})") from error
-    try:
-        processor = DI3CLImageProcessor.from_pretrained(model_ref)
-    except OSError:
-        logger.warning("%s: no preprocessor_config.json; using the default DI3CLImageProcessor", model_ref)
-        processor = DI3CLImageProcessor(num_channels=config.num_channels)
-    check_channels(model, processor, model_ref)
-    return model.float().eval(), processor
-
-
-def configure_trainable(model: nn.Module, mode: str) -> nn.Module:
-    """Freeze what ``mode`` freezes and return the network to train: ``model`` itself for ``"full"``
-    and ``"frozen"`` (encoder frozen), a linear probe around the frozen encoder for ``"linear"``."""
-    if mode not in MODES:
-        raise ValueError(f"configure_trainable: mode={mode!r}, expected one of {MODES}")
-    model.requires_grad_(True)
-    if mode == "full":
-        return model
-    model.base_model.requires_grad_(False)
-    if mode == "frozen":
-        return model
-    model.requires_grad_(False)
-    return _LinearProbe(model, LinearProbeHead(model.base_model.num_features[-1], model.config.num_labels))
-
-
-def set_train_mode(network: nn.Module, mode: str) -> None:
-    """``train()`` what trains; a frozen encoder stays in ``eval()`` so its BatchNorm statistics are kept."""
-    network.train()
-    if mode != "full":
-        base = network.model if isinstance(network, _LinearProbe) else network
-        base.base_model.eval()
-
-
-class _LinearProbe(nn.Module):
-    """Frozen DI3CL encoder + :class:`LinearProbeHead`, returning logits at the input size."""
-
-    def __init__(self, model: nn.Module, head: LinearProbeHead) -> None:
-        super().__init__()
-        self.model = model
-        self.head = head
-        self.ignore_index = model.config.semantic_loss_ignore_index
-
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
-        with torch.no_grad():
-            features = self.model.base_model(pixel_values=pixel_values).last_hidden_state
-        logits = F.interpolate(self.head(features.float()), size=pixel_values.shape[-2:], mode="bilinear")
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_index)
-        return SemanticSegmenterOutput(loss=loss, logits=logits)
 
 
 def _relaxed_class(class_names: Sequence[str], task: str) -> int | None:
@@ -685,8 +612,8 @@ def _train(run: FinetuneRun) -> list[dict[str, float]]:
 def _final_scores(run: FinetuneRun) -> dict[str, Any]:
     args, results = run.args, {}
     for name, loader in run.eval_loaders.items():
-        if name == "validation" and run.validation_is_test:
-            continue  # no validation split: the test scores below stand for both
+        if name == "validation" and (run.validation_is_test or not args.final_validation):
+            continue  # no validation split: the test scores below stand for both (or it is left unused)
         results[name] = evaluate(
             run.network,
             loader,
@@ -698,7 +625,7 @@ def _final_scores(run: FinetuneRun) -> dict[str, Any]:
         )
         if run.log_with:
             run.accelerator.log(_scalar_scores(results[name], name), step=args.max_steps)
-    if run.validation_is_test:
+    if run.validation_is_test and args.final_validation:
         results["validation"] = results["test"]
     return results
 

@@ -10,7 +10,7 @@
   :class:`~di3cl_hf.augmentation.PretrainingTransform`; box pairs are sampled there too by
   :class:`~di3cl_hf.boxes.PretrainingCollator`. The random state of each sample and each batch is derived from
   ``(seed, epoch, position)`` so that a resumed run sees exactly the views and boxes an uninterrupted one would.
-- **Release defaults** (METHOD.md §5): SGD, momentum 0.9, weight decay 1e-4, lr ``0.03 * global_batch / 256``,
+- **Release defaults** (docs/method.md#optimisation): SGD, momentum 0.9, weight decay 1e-4, lr ``0.03 * global_batch / 256``,
   cosine decay, optional warm-up. The queue size must be a multiple of the number of keys enqueued per forward
   (``per_device_batch_size * num_processes``), checked before anything runs.
 - **Speed**: channels_last always; bf16 autocast only where the device runs it natively (:mod:`di3cl_hf.runtime`).
@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration, gather_object, set_seed
@@ -75,19 +76,24 @@ from .common import (
     trackers,
 )
 from .imagenet import load_backbone_weights_into, load_local_backbone_weights
+from .monitor import ProbeMonitor, load_probe_data
 from .pretraining_data import (
     EpochShardSampler,
     PretrainingBatches,
     SampleFunction,
     build_transform_and_collator,
+    crops_per_image,
+    image_shapes,
     load_pretraining_dataset,
     seeded_rng,
+    warn_queue_vs_corpus,
 )
 from .statistics import DEFAULT_MAX_IMAGES, estimate_statistics, processor_statistics
 
 logger = logging.getLogger(__name__)
 
 ENCODER_DIRNAME = "encoder"
+BEST_ENCODER_DIRNAME = "best-encoder"
 
 
 OPTIMIZER_ALIASES = {
@@ -151,6 +157,25 @@ class PretrainingArguments(TrainingArguments):
     )
     shuffle_buffer_size: int = field(default=1000, metadata={"help": "Shuffle buffer of streamed datasets."})
     num_workers: int = field(default=2, metadata={"help": "DataLoader workers per process (views + boxes)."})
+    sample_crop_size: int = field(
+        default=0,
+        metadata={
+            "help": "Cut a random crop of this side from each image before making the views (0: whole images). "
+            "Each image is then drawn once per crop-sized area per epoch, at a new place each time."
+        },
+    )
+    mask_own_negatives: bool = field(
+        default=True,
+        metadata={"help": "Never use queued keys of a query's own image as its negatives (map-style data)."},
+    )
+    monitor_data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Labelled binary segmentation folder (e.g. water) for the online linear probe; the best "
+            "encoder by it is kept in <output_dir>/best-encoder."
+        },
+    )
+    monitor_steps: int = field(default=250, metadata={"help": "Probe the encoder every N updates."})
 
     # ---- model ----------------------------------------------------------------------------------------------
     config_name: str | None = field(
@@ -169,6 +194,13 @@ class PretrainingArguments(TrainingArguments):
     temperature: float = field(default=0.2, metadata={"help": "InfoNCE temperature (release code: 0.07)."})
     boxes_per_image: int = field(default=10, metadata={"help": "Box pairs sampled per image."})
     min_box_size: int = field(default=32, metadata={"help": "Minimum box side in view pixels."})
+    objective: str = field(
+        default="di3cl",
+        metadata={
+            "help": "di3cl (global + contour + dynamic-instance losses, weights 0.8 / 0.2 / 5.0) or mocov2 (the "
+            "global InfoNCE alone, weight 1: the ablation baseline; the other heads still run, same cost)."
+        },
+    )
     imagenet_weights: str | None = field(
         default=None,
         metadata={
@@ -242,6 +274,8 @@ class PretrainingArguments(TrainingArguments):
             )
         if isinstance(self.data_files, str):
             self.data_files = [self.data_files]
+        if self.objective not in ("di3cl", "mocov2"):
+            raise ValueError(f"PretrainingArguments: objective={self.objective!r}, expected di3cl or mocov2")
 
 
 def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
@@ -272,6 +306,13 @@ def check_queue_and_batch(queue_size: int, per_device_batch_size: int, num_proce
         )
 
 
+OBJECTIVES = {
+    "di3cl": {"global_loss_weight": 0.8, "contour_loss_weight": 0.2, "instance_loss_weight": 5.0},
+    "mocov2": {"global_loss_weight": 1.0, "contour_loss_weight": 0.0, "instance_loss_weight": 0.0},
+}
+"""Loss weights of each ``--objective``."""
+
+
 def build_config(args: PretrainingArguments):
     """The :class:`DI3CLConfig` of the run (from ``config_name`` or the model arguments)."""
     if args.config_name:
@@ -287,6 +328,7 @@ def build_config(args: PretrainingArguments):
         temperature=args.temperature,
         boxes_per_image=args.boxes_per_image,
         min_box_size=args.min_box_size,
+        **OBJECTIVES[args.objective],
     )
 
 
@@ -346,7 +388,8 @@ def run_info(args: PretrainingArguments, config, summary: dict) -> dict[str, Any
     info: dict[str, Any] = {
         "data": f"{data} ({summary.get('num_images') or 'streamed'} images"
         + (", streamed)" if args.streaming else ")"),
-        "objective": "DI3CL: global InfoNCE (stage4) + contour InfoNCE (stage3) + dynamic-instance regression, "
+        "objective": ("MoCo v2 (DI and CC off): " if args.objective == "mocov2" else "DI3CL: ")
+        + "global InfoNCE (stage4) + contour InfoNCE (stage3) + dynamic-instance regression, "
         f"weights {config.global_loss_weight} / {config.contour_loss_weight} / {config.instance_loss_weight}",
         "backbone, channels, view size": f"{config.backbone}, {config.num_channels}, {config.image_size} px "
         f"(augmentation preset {args.augmentation_preset})",
@@ -368,6 +411,12 @@ def run_info(args: PretrainingArguments, config, summary: dict) -> dict[str, Any
         ),
         "seed": args.seed,
     }
+    monitor = summary.get("monitor") or {}
+    if monitor.get("best_step") is not None:
+        info["online monitor (linear probe IoU of the validation folder)"] = (
+            f"best {monitor['best_score']:.4f} at update {monitor['best_step']} (every {args.monitor_steps} "
+            f"updates; this folder: update {summary.get('global_step')})"
+        )
     if metrics:
         info["final training metrics"] = (
             f"loss {metrics.get('loss', float('nan')):.4f}, global top-1 {metrics.get('global_top1', float('nan')):.3f}, "
@@ -383,10 +432,17 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = 
     return push_model(folder, repo_id, private=private, card=card, commit_message="DI3CL pre-trained encoder")
 
 
-def save_encoder(model, processor, args: PretrainingArguments, summary: dict, output_dir: str) -> Path:
-    """Write ``<output_dir>/encoder`` (DI3CLModel + image processor + README.md) atomically."""
-    final = Path(output_dir) / ENCODER_DIRNAME
-    tmp = Path(output_dir) / f".tmp-{ENCODER_DIRNAME}-{os.getpid()}"
+def save_encoder(
+    model,
+    processor,
+    args: PretrainingArguments,
+    summary: dict,
+    output_dir: str,
+    dirname: str = ENCODER_DIRNAME,
+) -> Path:
+    """Write ``<output_dir>/<dirname>`` (DI3CLModel + image processor + README.md) atomically."""
+    final = Path(output_dir) / dirname
+    tmp = Path(output_dir) / f".tmp-{dirname}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     encoder = model.export_encoder()
     encoder.save_pretrained(str(tmp))
@@ -473,6 +529,7 @@ class TrainerState:
     nonfinite_consecutive: int = 0
     num_processes: int = 1
     data_positions: list[list[int]] = field(default_factory=list)
+    monitor: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -503,6 +560,7 @@ class PretrainingRun:
     state: TrainerState = field(default_factory=TrainerState)
     last_metrics: dict[str, float] = field(default_factory=dict)
     stopped_by: str | None = None
+    monitor: ProbeMonitor | None = None
 
     @property
     def world(self) -> int:
@@ -566,11 +624,20 @@ def _build_batches(args: PretrainingArguments, config: DI3CLConfig, rank: int, w
         logger.info(
             "corpus statistics (%d patches): %s", measured.num_images, processor_statistics(processor)
         )
-    sample_function = SampleFunction(transform, args.image_column, args.valid_mask_column)
+    sample_function = SampleFunction(
+        transform, args.image_column, args.valid_mask_column, crop_size=args.sample_crop_size
+    )
+    streaming = isinstance(raw, datasets.IterableDataset)
+    draws = None
+    if args.sample_crop_size > 0 and not streaming:
+        draws = crops_per_image(image_shapes(raw, args.image_column), args.sample_crop_size)
     batches = PretrainingBatches(
         raw, sample_function, collator, args.per_device_batch_size, rank, world, args.seed,
-        args.num_workers, args.shuffle_buffer_size,
+        args.num_workers, args.shuffle_buffer_size, draws,
     )  # fmt: skip
+    if not streaming:
+        logger.info("corpus: %d images, %d draws per epoch", len(raw), len(batches.dataset))
+        warn_queue_vs_corpus(config.queue_size, len(raw), args.mask_own_negatives)
     if args.max_steps > 0:
         total_steps = args.max_steps
     elif batches.streaming:
@@ -608,6 +675,9 @@ def setup(args: PretrainingArguments) -> PretrainingRun:
     check_queue_and_batch(config.queue_size, args.per_device_batch_size, world)
     processor, batches, num_images, total_steps = _build_batches(args, config, rank, world)
     model = _build_model(args, config)
+    monitor = None
+    if args.monitor_data_dir and accelerator.is_main_process:
+        monitor = ProbeMonitor(load_probe_data(args.monitor_data_dir, processor), args.monitor_steps)
     global_batch = args.per_device_batch_size * world * args.gradient_accumulation_steps
     learning_rate = scaled_learning_rate(args, global_batch)
     optimizer = build_optimizer(model, args, learning_rate, accelerator.device)
@@ -624,8 +694,11 @@ def setup(args: PretrainingArguments) -> PretrainingRun:
         precision, log_with, total_steps, num_images, learning_rate,
     )  # fmt: skip
     run.state.num_processes = world
+    run.monitor = monitor
     if args.resume_from_checkpoint:
         _resume(run, resolve_checkpoint(args.resume_from_checkpoint, args.output_dir))
+        if monitor is not None:
+            monitor.load_state_dict(run.state.monitor)
     if log_with:
         config_values = tracker_config(
             args, num_processes=world, global_batch_size=global_batch, learning_rate_scaled=learning_rate
@@ -669,6 +742,8 @@ def train_step(run: PretrainingRun, meter: IntervalMeter, stop: StopSignal) -> t
     nonfinite, stop_requested = False, False
     for _ in range(args.gradient_accumulation_steps):
         batch = _to_device(next(run.batches), accelerator.device, args.channels_last)
+        if not args.mask_own_negatives:
+            batch.pop("sample_ids", None)
         snapshot = run.unwrapped.queue_snapshot(run.keys_per_forward)
         with accelerator.accumulate(model):
             output = model(**batch)
@@ -809,6 +884,8 @@ def train(run: PretrainingRun) -> int:
                     run.stopped_by = "nonfinite"
                     return 3
                 log_metrics(run, meter, progress)
+                if run.monitor is not None and run.monitor.due(state.global_step, run.total_steps):
+                    monitor_now(run)
                 if stop_requested:
                     run.stopped_by = "signal"
                     path = checkpoint_now(run)
@@ -825,6 +902,24 @@ def train(run: PretrainingRun) -> int:
     return 0
 
 
+def monitor_now(run: PretrainingRun) -> float:
+    """Score the query encoder with the online probe (main process); a new best writes ``best-encoder/``."""
+    step = run.state.global_step
+    value, improved = run.monitor.score(run.unwrapped.di3cl.encoder, step)
+    run.state.monitor = run.monitor.state_dict()
+    run.last_metrics[ProbeMonitor.metric] = value
+    if run.log_with:
+        run.accelerator.log({f"monitor/{ProbeMonitor.metric}": value}, step=step)
+    logger.info("monitor step %d %s=%.4f%s", step, ProbeMonitor.metric, value, " (best)" if improved else "")
+    if improved:
+        summary = run.summary()
+        summary["monitor"] = run.monitor.state_dict()
+        save_encoder(
+            run.unwrapped, run.processor, run.args, summary, run.args.output_dir, BEST_ENCODER_DIRNAME
+        )
+    return value
+
+
 def finish(run: PretrainingRun) -> None:
     """Final checkpoint, queue check, encoder + card (+ Hub upload) and ``trainer_state.json``."""
     accelerator, args = run.accelerator, run.args
@@ -835,6 +930,8 @@ def finish(run: PretrainingRun) -> None:
         summary = run.summary()
         summary["queue_digests"] = digests
         summary["queue_ptr"] = int(run.unwrapped.queue_ptr)
+        if run.monitor is not None:
+            summary["monitor"] = run.monitor.state_dict()
         if run.stopped_by is None:
             path = save_encoder(run.unwrapped, run.processor, args, summary, args.output_dir)
             summary["encoder_dir"] = str(path)

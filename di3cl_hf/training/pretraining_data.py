@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import math
 import random
 import signal
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,20 +109,59 @@ def load_pretraining_dataset(args: PretrainingArguments):
 
 
 class SampleFunction:
-    """Picklable ``(example, seed) -> sample dict``: seeds the global RNGs and applies the view transform."""
+    """Picklable ``(example, seed) -> sample dict``: seeds the global RNGs and applies the view transform.
+
+    With ``crop_size`` > 0 a random ``crop_size``² window of the image (uniform position, drawn from ``seed``) is
+    cut first and the two views are made from it: a large scene then gives a different region every time it is
+    drawn, at its own pixel size, instead of being shrunk whole into a view. Images smaller than the crop are
+    used whole.
+    """
 
     def __init__(
-        self, transform: Callable[..., dict], image_column: str, valid_mask_column: str | None = None
+        self,
+        transform: Callable[..., dict],
+        image_column: str,
+        valid_mask_column: str | None = None,
+        crop_size: int = 0,
     ) -> None:
         self.transform = transform
         self.image_column = image_column
         self.valid_mask_column = valid_mask_column
+        self.crop_size = int(crop_size)
 
     def __call__(self, example: dict, seed: int) -> dict:
         image = _decode(example[self.image_column])
         valid = _decode(example.get(self.valid_mask_column)) if self.valid_mask_column else None
         with seeded_rng(seed):
+            if self.crop_size > 0:
+                image, valid = random_crop(image, valid, self.crop_size)
             return self.transform(image, None if valid is None else valid.astype(bool, copy=False))
+
+
+def random_crop(
+    image: np.ndarray, valid: np.ndarray | None, size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A uniformly placed ``size``² window of ``image`` (``[C, H, W]``) and of ``valid`` (``[H, W]``), drawn from
+    the global ``random`` generator; a side shorter than ``size`` is kept whole."""
+    height, width = image.shape[-2:]
+    top = random.randint(0, max(0, height - size))
+    left = random.randint(0, max(0, width - size))
+    rows, cols = slice(top, top + size), slice(left, left + size)
+    return image[..., rows, cols], (None if valid is None else valid[..., rows, cols])
+
+
+def image_shapes(dataset, image_column: str) -> list[tuple[int, ...]]:
+    """The stored ``shape`` of every image of a map-style dataset with raw array columns, without decoding."""
+    column = dataset.data.column(image_column)
+    return [tuple(shape) for shape in column.combine_chunks().field("shape").to_pylist()]
+
+
+def crops_per_image(shapes: list[tuple[int, ...]], crop_size: int) -> list[int]:
+    """How often each image is drawn per epoch when crops of ``crop_size``² are cut from it: its area in crops,
+    rounded up (at least once), so that every pixel of the corpus weighs the same whatever its image's size."""
+    if crop_size <= 0:
+        return [1] * len(shapes)
+    return [max(1, math.ceil(shape[-2] * shape[-1] / crop_size**2)) for shape in shapes]
 
 
 def _decode(value: Any) -> np.ndarray | None:
@@ -141,8 +182,13 @@ class SeededCollator:
 
     def __call__(self, items: list[tuple[int, dict]]) -> dict:
         seeds = [seed for seed, _ in items]
+        samples = [sample for _, sample in items]
+        ids = [sample.pop("sample_id", None) if isinstance(sample, dict) else None for sample in samples]
         with seeded_rng(_mix_seed(*seeds)):
-            return self.collator([sample for _, sample in items])
+            batch = self.collator(samples)
+        if isinstance(batch, dict) and all(i is not None for i in ids):
+            batch["sample_ids"] = torch.tensor(ids, dtype=torch.long)
+        return batch
 
 
 class EpochShardSampler(Sampler):
@@ -184,20 +230,40 @@ class EpochShardSampler(Sampler):
 
 
 class MapPretrainingDataset(torch.utils.data.Dataset):
-    """Map-style view dataset indexed by ``(epoch, index)`` pairs from :class:`EpochShardSampler`."""
+    """Map-style view dataset indexed by ``(epoch, draw)`` pairs from :class:`EpochShardSampler`.
 
-    def __init__(self, dataset, sample_function: SampleFunction, seed: int) -> None:
+    ``draws[i]`` is how often image ``i`` is drawn per epoch (:func:`crops_per_image`; default once). Every sample
+    carries ``sample_id``, the index of its image in ``dataset``: the model never uses queued keys of the same
+    image as negatives of its queries (``DI3CLForPreTraining(sample_ids=...)``).
+    """
+
+    def __init__(
+        self, dataset, sample_function: SampleFunction, seed: int, draws: list[int] | None = None
+    ) -> None:
         self.dataset = dataset
         self.sample_function = sample_function
         self.seed = seed
+        counts = [1] * len(dataset) if draws is None else list(draws)
+        if len(counts) != len(dataset):
+            raise ValueError(f"draws: {len(counts)} counts for {len(dataset)} images")
+        self.images = np.repeat(np.arange(len(counts)), counts)
 
-    def __len__(self) -> int:
+    @property
+    def num_images(self) -> int:
+        """Distinct images (sample ids) of an epoch."""
         return len(self.dataset)
 
+    def __len__(self) -> int:
+        return len(self.images)
+
     def __getitem__(self, key: tuple[int, int]) -> tuple[int, dict]:
-        epoch, index = key
-        seed = _mix_seed(self.seed, epoch, index)
-        return seed, self.sample_function(self.dataset[int(index)], seed)
+        epoch, draw = key
+        index = int(self.images[int(draw)])
+        seed = _mix_seed(self.seed, epoch, draw)
+        sample = self.sample_function(self.dataset[index], seed)
+        if isinstance(sample, dict):
+            sample["sample_id"] = index
+        return seed, sample
 
 
 class StreamPretrainingDataset(IterableDataset):
@@ -239,6 +305,7 @@ class PretrainingBatches:
         seed: int,
         num_workers: int,
         shuffle_buffer_size: int = 1000,
+        draws: list[int] | None = None,
     ) -> None:
 
         self.streaming = isinstance(dataset, datasets.IterableDataset)
@@ -257,11 +324,11 @@ class PretrainingBatches:
             self.num_workers = min(num_workers, max(1, self.dataset.num_shards))
             self.batches_per_epoch = None
         else:
-            self.dataset = MapPretrainingDataset(dataset, sample_function, seed)
-            self.batches_per_epoch = len(dataset) // world_size // batch_size
+            self.dataset = MapPretrainingDataset(dataset, sample_function, seed, draws)
+            self.batches_per_epoch = len(self.dataset) // world_size // batch_size
             if self.batches_per_epoch < 1:
                 raise ValueError(
-                    f"dataset of {len(dataset)} images is too small for {world_size} process(es) x "
+                    f"dataset of {len(self.dataset)} draws is too small for {world_size} process(es) x "
                     f"per_device_batch_size {batch_size}"
                 )
         self.sample_function = sample_function
@@ -335,6 +402,26 @@ class PretrainingBatches:
         return self
 
 
+def warn_queue_vs_corpus(queue_size: int, num_images: int, masked: bool) -> str | None:
+    """Warn (and return the text) when the queue holds more keys than an epoch has distinct images.
+
+    Each image then sits in the queue more than once; without ``mask_own_negatives`` its own keys are among its
+    negatives (false negatives that grow as the two encoders converge)."""
+    if queue_size <= num_images:
+        return None
+    text = (
+        f"queue_size {queue_size} > {num_images} distinct images per epoch: every image sits in the queue "
+        f"{queue_size / num_images:.1f} times"
+    )
+    text += (
+        " (its own keys are masked out of its negatives)"
+        if masked
+        else "; its own keys are among its negatives: lower --queue_size or keep --mask_own_negatives"
+    )
+    warnings.warn(text, stacklevel=2)
+    return text
+
+
 def build_transform_and_collator(args: PretrainingArguments, config):
     """The image processor, the per-sample view transform and the box collator for ``config``."""
     processor = DI3CLImageProcessor(num_channels=config.num_channels, input_kind=args.input_kind)
@@ -353,6 +440,10 @@ __all__ = [
     "SeededCollator",
     "StreamPretrainingDataset",
     "build_transform_and_collator",
+    "crops_per_image",
+    "image_shapes",
     "load_pretraining_dataset",
+    "random_crop",
     "seeded_rng",
+    "warn_queue_vs_corpus",
 ]

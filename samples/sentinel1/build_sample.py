@@ -1,10 +1,10 @@
-"""Rebuild this folder from the shared real-SAR folders (kept for provenance; needs ``../shared/data``).
+"""Rebuild this folder from the original downloads (kept for provenance; pass the folder that holds them).
 
 Copies are lossless: same dtype, values, georeferencing and nodata; only the compression changes
 (DEFLATE, level 9, with the horizontal / floating-point predictor). The Sen1Floods11 chip, stored there
 as one VV+VH file, is split into one file per polarisation, as Sentinel-1 products come.
 
-    python samples/sentinel1/build_sample.py ../shared/data
+    python samples/sentinel1/build_sample.py SOURCE_DIR
 """
 
 from __future__ import annotations
@@ -70,4 +70,6 @@ def main(shared: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data"))
+    if len(sys.argv) != 2:
+        sys.exit("usage: python samples/sentinel1/build_sample.py SOURCE_DIR")
+    main(Path(sys.argv[1]))
