@@ -11,6 +11,22 @@ STAGE_NAMES = ["stem", "stage1", "stage2", "stage3", "stage4"]
 STAGE_STRIDES = [2, 4, 8, 16, 32]
 SEGMENTATION_LOSSES = ("ce", "ce+dice")
 BOX_SAMPLING_MODES = ("grid", "uniform")
+# Upper bounds of every size a config.json sets, checked before anything is allocated: a hostile or mistyped
+# config (num_labels=10**9, queue_size=10**11, ...) is refused in one line instead of stalling for minutes or
+# allocating gigabytes. Each is far above what DI3CL uses (release: queue 65536, decoder 512, 4 pool scales).
+SIZE_LIMITS = {
+    "num_labels": 1000,
+    "image_size": 8192,
+    "projection_dim": 8192,
+    "projection_hidden_dim": 16384,
+    "queue_size": 1 << 20,
+    "boxes_per_image": 1024,
+    "min_box_size": 8192,
+    "decoder_hidden_size": 4096,
+    "auxiliary_channels": 4096,
+    "pool_scale": 64,
+    "pool_scales": 8,
+}
 
 
 class DI3CLConfig(BackboneConfigMixin, PreTrainedConfig):
@@ -130,9 +146,44 @@ class DI3CLConfig(BackboneConfigMixin, PreTrainedConfig):
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )
+        self._check_num_labels(kwargs.get("num_labels"))
+        self._check_pool_scales()
         self.pool_scales = [int(scale) for scale in self.pool_scales]
         self._check_values()
         super().__post_init__(**kwargs)
+
+    def _check_num_labels(self, num_labels: object) -> None:
+        """Refuse a label count above :data:`SIZE_LIMITS` before transformers builds ``id2label`` from it."""
+        limit = SIZE_LIMITS["num_labels"]
+        for name, value in (("num_labels", num_labels), ("id2label", self.id2label)):
+            count = len(value) if isinstance(value, dict) else value
+            if count is None:
+                continue
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"DI3CLConfig: num_labels={count!r}, expected a positive integer")
+            if count > limit:
+                raise ValueError(
+                    f"DI3CLConfig: {name} gives {count} labels, above the limit of {limit}; "
+                    "check num_labels / id2label in config.json"
+                )
+
+    def _check_pool_scales(self) -> None:
+        scales = self.pool_scales
+        if not isinstance(scales, list | tuple) or len(scales) > SIZE_LIMITS["pool_scales"]:
+            raise ValueError(
+                f"DI3CLConfig: pool_scales must be a list of at most {SIZE_LIMITS['pool_scales']} integers, "
+                f"got {str(scales)[:80]}"
+            )
+        for scale in scales:
+            if (
+                isinstance(scale, bool)
+                or not isinstance(scale, int)
+                or not 1 <= scale <= SIZE_LIMITS["pool_scale"]
+            ):
+                raise ValueError(
+                    f"DI3CLConfig: pool_scales={str(list(scales))[:80]}, expected integers from 1 to "
+                    f"{SIZE_LIMITS['pool_scale']}"
+                )
 
     def _check_values(self) -> None:
         """Raise ValueError naming the argument when a value is out of range."""
@@ -157,6 +208,10 @@ class DI3CLConfig(BackboneConfigMixin, PreTrainedConfig):
         for name, value in positive_ints.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DI3CLConfig: {name}={value!r}, expected a positive integer")
+            if value > SIZE_LIMITS[name]:
+                raise ValueError(
+                    f"DI3CLConfig: {name}={value}, above the limit of {SIZE_LIMITS[name]}; check config.json"
+                )
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"DI3CLConfig: momentum={self.momentum!r}, expected a value in [0, 1]")
         if not self.temperature > 0.0:
@@ -181,7 +236,7 @@ class DI3CLConfig(BackboneConfigMixin, PreTrainedConfig):
             )
         if not 0.0 <= self.box_jitter < 1.0:
             raise ValueError(f"DI3CLConfig: box_jitter={self.box_jitter!r}, expected a value in [0, 1)")
-        if not self.pool_scales or any(scale < 1 for scale in self.pool_scales):
+        if not self.pool_scales:
             raise ValueError(f"DI3CLConfig: pool_scales={self.pool_scales!r}, expected positive integers")
         if self.segmentation_loss not in SEGMENTATION_LOSSES:
             raise ValueError(
@@ -195,4 +250,4 @@ class DI3CLConfig(BackboneConfigMixin, PreTrainedConfig):
 
 DI3CLConfig.register_for_auto_class()
 
-__all__ = ["DI3CLConfig"]
+__all__ = ["SIZE_LIMITS", "DI3CLConfig"]

@@ -164,14 +164,102 @@ def adapt_input_conv_weight(weight: torch.Tensor, num_channels: int) -> torch.Te
     return adapt_input_conv(num_channels, weight)
 
 
+NO_SAMPLE = -1
+"""`queue_ids` value of a queued key whose sample is unknown (never masked)."""
+
+
+def own_sample_columns(sample_ids: torch.Tensor, queue_ids: torch.Tensor) -> torch.Tensor:
+    """`[B, 1 + K]` mask of the logits to drop: the queued keys (columns 1..K) that came from each query's own
+    sample. Column 0 (the positive) is never masked; ids of `NO_SAMPLE` never match."""
+    sample_ids = sample_ids.to(queue_ids.device, torch.long).reshape(-1, 1)
+    own = (queue_ids.unsqueeze(0) == sample_ids) & (sample_ids != NO_SAMPLE)
+    return torch.cat([torch.zeros_like(own[:, :1]), own], dim=1)
+
+
+def fill_missing_queue_ids(module, state_dict, prefix, *args) -> None:
+    """`load_state_dict` pre-hook: a state without `queue_ids` (written before it existed) gets an empty one."""
+    key = f"{prefix}queue_ids"
+    queue = state_dict.get(f"{prefix}global_queue")
+    if key not in state_dict and queue is not None:
+        state_dict[key] = torch.full((queue.shape[1],), NO_SAMPLE, dtype=torch.long)
+
+
+def dice_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, smooth: float = 1.0
+) -> torch.Tensor:
+    """Soft multi-class Dice loss, ignoring pixels labelled `ignore_index`.
+
+    Args:
+        logits: `[B, L, H, W]` class scores.
+        labels: `[B, H, W]` integer labels.
+        ignore_index: Label value that is left out.
+        smooth: Additive smoothing of numerator and denominator.
+
+    Returns:
+        Scalar float32: `1 - mean over classes of (2 |P ∩ T| + s) / (|P| + |T| + s)`.
+    """
+    num_labels = logits.shape[1]
+    valid = (labels != ignore_index).unsqueeze(1).float()  # [B, 1, H, W]
+    probabilities = logits.float().softmax(dim=1) * valid
+    targets = F.one_hot(torch.where(labels == ignore_index, 0, labels), num_labels)  # [B, H, W, L]
+    targets = targets.permute(0, 3, 1, 2).float() * valid
+    dims = (0, 2, 3)
+    intersection = (probabilities * targets).sum(dims)
+    cardinality = probabilities.sum(dims) + targets.sum(dims)
+    return 1.0 - ((2.0 * intersection + smooth) / (cardinality + smooth)).mean()
+
+
+def check_pixel_values(pixel_values: torch.Tensor, config, name: str = "pixel_values") -> None:
+    """Raise ValueError unless `pixel_values` is `[batch, config.num_channels, height, width]`."""
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != config.num_channels:
+        raise ValueError(
+            f"{name}: shape {tuple(pixel_values.shape)}, expected [batch, {config.num_channels}, height, width] "
+            f"(config.num_channels={config.num_channels})"
+        )
+
+
+def check_pretraining_inputs(
+    pixel_values: torch.Tensor,
+    key_pixel_values: torch.Tensor,
+    query_boxes: torch.Tensor | None,
+    key_boxes: torch.Tensor | None,
+    config,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check both views and the paired boxes of a pre-training forward; missing boxes become `[0, 5]` tensors."""
+    check_pixel_values(pixel_values, config)
+    check_pixel_values(key_pixel_values, config, "key_pixel_values")
+    if key_pixel_values.shape != pixel_values.shape:
+        raise ValueError(
+            f"key_pixel_values: shape {tuple(key_pixel_values.shape)}, expected the shape of pixel_values "
+            f"{tuple(pixel_values.shape)}"
+        )
+    empty = pixel_values.new_zeros((0, 5), dtype=torch.float32)
+    query_boxes = empty if query_boxes is None else query_boxes
+    key_boxes = empty if key_boxes is None else key_boxes
+    for name, boxes in (("query_boxes", query_boxes), ("key_boxes", key_boxes)):
+        if boxes.ndim != 2 or boxes.shape[1] != 5:
+            raise ValueError(f"{name}: shape {tuple(boxes.shape)}, expected [num_boxes, 5]")
+    if query_boxes.shape[0] != key_boxes.shape[0]:
+        raise ValueError(
+            f"query_boxes has {query_boxes.shape[0]} rows and key_boxes {key_boxes.shape[0]}: they must pair up"
+        )
+    return query_boxes, key_boxes
+
+
 __all__ = [
+    "check_pixel_values",
+    "check_pretraining_inputs",
     "BatchNorm2dWithSingleValueFallback",
     "BatchNormWithSingleValueFallback",
+    "NO_SAMPLE",
     "ProjectionHead",
     "adapt_input_conv_weight",
+    "dice_loss",
     "enqueue",
+    "fill_missing_queue_ids",
     "info_nce_logits",
     "info_nce_loss",
     "momentum_update",
+    "own_sample_columns",
     "regression_loss",
 ]

@@ -32,12 +32,18 @@ from transformers.utils import ModelOutput
 
 from .configuration_di3cl import STAGE_STRIDES, DI3CLConfig
 from .di3cl_layers import (
+    NO_SAMPLE,
     BatchNorm2dWithSingleValueFallback,
     ProjectionHead,
+    check_pixel_values,
+    check_pretraining_inputs,
+    dice_loss,
     enqueue,
+    fill_missing_queue_ids,
     info_nce_logits,
     info_nce_loss,
     momentum_update,
+    own_sample_columns,
     regression_loss,
 )
 
@@ -69,62 +75,6 @@ def build_encoder(config: DI3CLConfig) -> nn.Module:
             f"{STAGE_STRIDES} (a ResNet-like CNN such as resnet18/34/50/101)"
         )
     return encoder
-
-
-def _check_pixel_values(pixel_values: torch.Tensor, config: DI3CLConfig, name: str = "pixel_values") -> None:
-    if pixel_values.ndim != 4 or pixel_values.shape[1] != config.num_channels:
-        raise ValueError(
-            f"{name}: shape {tuple(pixel_values.shape)}, expected [batch, {config.num_channels}, height, width] "
-            f"(config.num_channels={config.num_channels})"
-        )
-
-
-def _check_pretraining_inputs(
-    pixel_values: torch.Tensor,
-    key_pixel_values: torch.Tensor,
-    query_boxes: torch.Tensor | None,
-    key_boxes: torch.Tensor | None,
-    config: DI3CLConfig,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check both views and the paired boxes of a pre-training forward; missing boxes become `[0, 5]` tensors."""
-    _check_pixel_values(pixel_values, config)
-    _check_pixel_values(key_pixel_values, config, "key_pixel_values")
-    if key_pixel_values.shape != pixel_values.shape:
-        raise ValueError(
-            f"key_pixel_values: shape {tuple(key_pixel_values.shape)}, expected the shape of pixel_values "
-            f"{tuple(pixel_values.shape)}"
-        )
-    empty = pixel_values.new_zeros((0, 5), dtype=torch.float32)
-    query_boxes = empty if query_boxes is None else query_boxes
-    key_boxes = empty if key_boxes is None else key_boxes
-    for name, boxes in (("query_boxes", query_boxes), ("key_boxes", key_boxes)):
-        if boxes.ndim != 2 or boxes.shape[1] != 5:
-            raise ValueError(f"{name}: shape {tuple(boxes.shape)}, expected [num_boxes, 5]")
-    if query_boxes.shape[0] != key_boxes.shape[0]:
-        raise ValueError(
-            f"query_boxes has {query_boxes.shape[0]} rows and key_boxes {key_boxes.shape[0]}: they must pair up"
-        )
-    return query_boxes, key_boxes
-
-
-NO_SAMPLE = -1
-"""`queue_ids` value of a queued key whose sample is unknown (never masked)."""
-
-
-def _own_sample_columns(sample_ids: torch.Tensor, queue_ids: torch.Tensor) -> torch.Tensor:
-    """`[B, 1 + K]` mask of the logits to drop: the queued keys (columns 1..K) that came from each query's own
-    sample. Column 0 (the positive) is never masked; ids of `NO_SAMPLE` never match."""
-    sample_ids = sample_ids.to(queue_ids.device, torch.long).reshape(-1, 1)
-    own = (queue_ids.unsqueeze(0) == sample_ids) & (sample_ids != NO_SAMPLE)
-    return torch.cat([torch.zeros_like(own[:, :1]), own], dim=1)
-
-
-def _fill_missing_queue_ids(module, state_dict, prefix, *args) -> None:
-    """`load_state_dict` pre-hook: a state without `queue_ids` (written before it existed) gets an empty one."""
-    key = f"{prefix}queue_ids"
-    queue = state_dict.get(f"{prefix}global_queue")
-    if key not in state_dict and queue is not None:
-        state_dict[key] = torch.full((queue.shape[1],), NO_SAMPLE, dtype=torch.long)
 
 
 def _world_size() -> int:
@@ -284,7 +234,7 @@ class DI3CLModel(DI3CLPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        _check_pixel_values(pixel_values, self.config)
+        check_pixel_values(pixel_values, self.config)
         feature_maps = self.encoder(pixel_values)
         last_hidden_state = feature_maps[-1]
         pooled = last_hidden_state.mean(dim=(2, 3))
@@ -329,7 +279,7 @@ class DI3CLBackbone(BackboneMixin, DI3CLPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        _check_pixel_values(pixel_values, self.config)
+        check_pixel_values(pixel_values, self.config)
         all_maps = self.encoder(pixel_values)
         feature_maps = tuple(all_maps[self.stage_names.index(name)] for name in self.out_features)
         hidden_states = tuple(all_maps) if output_hidden_states else None
@@ -383,7 +333,7 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         self.register_buffer("queue_ids", torch.full((config.queue_size,), NO_SAMPLE, dtype=torch.long))
         # checkpoints written before `queue_ids` existed load with an empty id record
-        self._register_load_state_dict_pre_hook(_fill_missing_queue_ids, with_module=True)
+        self._register_load_state_dict_pre_hook(fill_missing_queue_ids, with_module=True)
         self.post_init()
 
     @classmethod
@@ -512,6 +462,63 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
         contour_pooled = _concat_all_gather(maps[CONTOUR_STAGE].mean(dim=(2, 3)))[own]
         return global_map, contour_pooled
 
+    def _queue_logits(
+        self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, sample_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        """InfoNCE logits against `queue` (cloned: the queues are overwritten in place before backward), with the
+        queued keys of each query's own sample masked out when `sample_ids` are given."""
+        logits = info_nce_logits(query, key, queue.clone(), self.config.temperature)
+        if sample_ids is not None:
+            logits = logits.masked_fill(own_sample_columns(sample_ids, self.queue_ids), float("-inf"))
+        return logits
+
+    @torch.no_grad()
+    def _enqueue_keys(
+        self, key_global: torch.Tensor, key_contour: torch.Tensor, sample_ids: torch.Tensor | None
+    ) -> None:
+        """Write the (gathered) keys into both queues and their sample ids (or `NO_SAMPLE`) into `queue_ids`."""
+        keys = [key_global, key_contour]
+        ids = sample_ids if sample_ids is not None else torch.full_like(self.queue_ptr, NO_SAMPLE)
+        ids = ids.to(self.queue_ids.device, torch.long).expand(key_global.shape[0])
+        if _world_size() > 1:
+            keys = [_concat_all_gather(key) for key in keys]
+            ids = _concat_all_gather(ids.contiguous())
+        columns = (
+            torch.arange(ids.shape[0], device=self.queue_ptr.device) + self.queue_ptr
+        ) % ids.new_tensor(self.queue_ids.shape[0])
+        self.queue_ids.index_copy_(0, columns, ids)
+        enqueue([self.global_queue, self.contour_queue], keys, self.queue_ptr)
+
+    def _query_embeddings(
+        self, pixel_values: torch.Tensor, boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Query side: global (stage4) and contour (stage3) projections, and the instance predictions of `boxes`
+        (`None` without boxes)."""
+        maps = self.di3cl.encoder(pixel_values)
+        global_map = maps[GLOBAL_STAGE]
+        global_embedding = self.global_projector(global_map.mean(dim=(2, 3)))
+        contour_embedding = self.contour_projector(maps[CONTOUR_STAGE].mean(dim=(2, 3)))
+        if boxes.shape[0] == 0:
+            return global_embedding, contour_embedding, None
+        regions = self.instance_projector(self._roi_features(global_map, boxes))
+        return global_embedding, contour_embedding, self.instance_predictor(regions)
+
+    @torch.no_grad()
+    def _key_embeddings(
+        self, key_pixel_values: torch.Tensor, boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Key side (momentum encoder and projectors): global and contour keys, instance targets of `boxes`."""
+        global_map, contour_pooled = self._key_feature_maps(key_pixel_values)
+        global_key = self.momentum_global_projector(global_map.mean(dim=(2, 3)))
+        contour_key = self.momentum_contour_projector(contour_pooled)
+        if boxes.shape[0] == 0:
+            return global_key, contour_key, None
+        return (
+            global_key,
+            contour_key,
+            self.momentum_instance_projector(self._roi_features(global_map, boxes)),
+        )
+
     def _zero_instance_loss(self) -> torch.Tensor:
         """The instance term when no box pair exists: a zero that still touches the instance heads, so that every
         parameter takes part in the graph (DistributedDataParallel expects it) and its gradient is exactly zero."""
@@ -550,30 +557,17 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
-        query_boxes, key_boxes = _check_pretraining_inputs(
+        query_boxes, key_boxes = check_pretraining_inputs(
             pixel_values, key_pixel_values, query_boxes, key_boxes, config
         )
         num_boxes = query_boxes.shape[0]
 
-        # Query side.
-        query_maps = self.di3cl.encoder(pixel_values)
-        query_global_map = query_maps[GLOBAL_STAGE]
-        query_global = self.global_projector(query_global_map.mean(dim=(2, 3)))
-        query_contour = self.contour_projector(query_maps[CONTOUR_STAGE].mean(dim=(2, 3)))
-        if num_boxes > 0:
-            prediction = self.instance_predictor(
-                self.instance_projector(self._roi_features(query_global_map, query_boxes))
-            )
-
+        query_global, query_contour, prediction = self._query_embeddings(pixel_values, query_boxes)
         # Key side: EMA first (MoCo's order), then the keys, without gradients.
         with torch.no_grad():
             if self.training:
                 self.momentum_update()
-            key_global_map, key_contour_pooled = self._key_feature_maps(key_pixel_values)
-            key_global = self.momentum_global_projector(key_global_map.mean(dim=(2, 3)))
-            key_contour = self.momentum_contour_projector(key_contour_pooled)
-            if num_boxes > 0:
-                key_instance = self.momentum_instance_projector(self._roi_features(key_global_map, key_boxes))
+            key_global, key_contour, key_instance = self._key_embeddings(key_pixel_values, key_boxes)
 
         # Losses in float32, whatever autocast is active.
         with torch.autocast(device_type=pixel_values.device.type, enabled=False):
@@ -581,23 +575,14 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
             query_contour = F.normalize(query_contour.float(), dim=1)
             key_global = F.normalize(key_global.float(), dim=1)
             key_contour = F.normalize(key_contour.float(), dim=1)
-            # The queues are cloned because they are overwritten in place below, before backward.
-            global_logits = info_nce_logits(
-                query_global, key_global, self.global_queue.clone(), config.temperature
-            )
-            contour_logits = info_nce_logits(
-                query_contour, key_contour, self.contour_queue.clone(), config.temperature
-            )
-            if sample_ids is not None:
-                own = _own_sample_columns(sample_ids, self.queue_ids)
-                global_logits = global_logits.masked_fill(own, float("-inf"))
-                contour_logits = contour_logits.masked_fill(own, float("-inf"))
+            global_logits = self._queue_logits(query_global, key_global, self.global_queue, sample_ids)
+            contour_logits = self._queue_logits(query_contour, key_contour, self.contour_queue, sample_ids)
             global_loss, global_accuracy = info_nce_loss(global_logits)
             contour_loss, contour_accuracy = info_nce_loss(contour_logits)
-            if num_boxes > 0:
-                instance_loss = regression_loss(prediction, key_instance)
-            else:
-                instance_loss = self._zero_instance_loss()
+            has_boxes = num_boxes > 0
+            instance_loss = (
+                regression_loss(prediction, key_instance) if has_boxes else self._zero_instance_loss()
+            )
             loss = (
                 config.global_loss_weight * global_loss
                 + config.contour_loss_weight * contour_loss
@@ -605,17 +590,7 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
             )
 
         if self.training:
-            keys = [key_global, key_contour]
-            ids = sample_ids if sample_ids is not None else torch.full_like(self.queue_ptr, NO_SAMPLE)
-            ids = ids.to(self.queue_ids.device, torch.long).expand(key_global.shape[0])
-            if _world_size() > 1:
-                keys = [_concat_all_gather(key) for key in keys]
-                ids = _concat_all_gather(ids.contiguous())
-            columns = (
-                torch.arange(ids.shape[0], device=self.queue_ptr.device) + self.queue_ptr
-            ) % self.queue_ids.shape[0]
-            self.queue_ids.index_copy_(0, columns, ids)
-            enqueue([self.global_queue, self.contour_queue], keys, self.queue_ptr)
+            self._enqueue_keys(key_global, key_contour, sample_ids)
 
         output = DI3CLForPreTrainingOutput(
             loss=loss,
@@ -629,31 +604,6 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
             num_boxes=torch.tensor(num_boxes, device=pixel_values.device),
         )
         return output if return_dict else output.to_tuple()
-
-
-def dice_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, smooth: float = 1.0
-) -> torch.Tensor:
-    """Soft multi-class Dice loss, ignoring pixels labelled `ignore_index`.
-
-    Args:
-        logits: `[B, L, H, W]` class scores.
-        labels: `[B, H, W]` integer labels.
-        ignore_index: Label value that is left out.
-        smooth: Additive smoothing of numerator and denominator.
-
-    Returns:
-        Scalar float32: `1 - mean over classes of (2 |P ∩ T| + s) / (|P| + |T| + s)`.
-    """
-    num_labels = logits.shape[1]
-    valid = (labels != ignore_index).unsqueeze(1).float()  # [B, 1, H, W]
-    probabilities = logits.float().softmax(dim=1) * valid
-    targets = F.one_hot(torch.where(labels == ignore_index, 0, labels), num_labels)  # [B, H, W, L]
-    targets = targets.permute(0, 3, 1, 2).float() * valid
-    dims = (0, 2, 3)
-    intersection = (probabilities * targets).sum(dims)
-    cardinality = probabilities.sum(dims) + targets.sum(dims)
-    return 1.0 - ((2.0 * intersection + smooth) / (cardinality + smooth)).mean()
 
 
 class DI3CLForSemanticSegmentation(DI3CLPreTrainedModel):

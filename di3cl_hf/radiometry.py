@@ -132,6 +132,30 @@ def check_kind(dtype: np.dtype | str, kind: str) -> None:
         )
 
 
+def check_kind_values(array: np.ndarray, kind: str, valid_mask: np.ndarray | None = None) -> None:
+    """Refuse a declared ``kind`` that float ``array`` cannot hold: digital numbers (``dn8``, ``dn16``) below 0
+    or ``dn8`` above 255, linear ``intensity`` / ``amplitude`` with a negative median (dB values declared as
+    linear). Only valid, finite pixels count; integer arrays are checked by :func:`check_kind` alone."""
+    if kind not in ("dn8", "dn16", "intensity", "amplitude"):
+        return
+    values = _as_chw(np.asarray(array))
+    if valid_mask is not None:
+        values = values[:, np.asarray(valid_mask, dtype=bool)]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return
+    low, high = float(values.min()), float(values.max())
+    if kind in ("dn8", "dn16") and low < 0:
+        why = f"digital numbers are never negative, these go down to {low:.4g}; they look like dB"
+    elif kind == "dn8" and high > 255:
+        why = f"8-bit digital numbers end at 255, these reach {high:.4g}"
+    elif kind in ("intensity", "amplitude") and float(np.median(values)) < 0:
+        why = f"linear {kind} is never negative, the median here is {float(np.median(values)):.4g}; they look like dB"
+    else:
+        return
+    raise ValueError(f"input kind {kind!r} does not fit the data ({why}); declare the right kind or 'auto'")
+
+
 def resolve_kind(array: np.ndarray, kind: str = "auto", valid_mask: np.ndarray | None = None) -> str:
     """Return the radiometric kind of ``array``: ``kind`` if declared, else the detected one.
 
@@ -227,6 +251,8 @@ def to_db(
     valid = ~bad.any(axis=0)
     if valid_mask is not None:
         valid &= valid_mask
+    if kind != "complex" and chw.dtype.kind == "f":
+        check_kind_values(values, kind, valid)
 
     with np.errstate(divide="ignore", invalid="ignore"):
         if kind == "db":
@@ -408,6 +434,7 @@ __all__ = [
     "allowed_kinds",
     "check_band_count",
     "check_kind",
+    "check_kind_values",
     "clip_range",
     "match_channels",
     "resolve_kind",

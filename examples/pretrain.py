@@ -13,6 +13,10 @@ Every argument is a field of :class:`di3cl_hf.training.pretraining.PretrainingAr
     # continue after a pre-emption (SIGTERM saved a checkpoint)
     accelerate launch ... examples/pretrain.py <same arguments> --resume_from_checkpoint latest
 
+A non-empty ``--output_dir`` that no DI3CL run wrote (no ``.di3cl-run`` file) is refused before any work unless
+``--overwrite_output_dir`` (its files may be replaced; checkpoints already there are kept) or
+``--resume_from_checkpoint``; ``--save_total_limit`` only ever deletes checkpoints this run family wrote.
+
 Short run on synthetic data (CPU, ~5 min; measured on the 2-core development machine, one thread)::
 
     python -c "from di3cl_hf.data.synthetic import generate_sarsense; generate_sarsense('synthetic-sarsense', 512, size=96)"
@@ -31,7 +35,17 @@ bf16, AVX512_BF16; elsewhere `auto` runs fp32).
 
 import sys
 
+from di3cl_hf.training.common import check_output_dir
 from di3cl_hf.training.pretraining import main, parse_args
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    arguments = parse_args()
+    try:  # a refused --output_dir is one line, before any work (see check_output_dir)
+        check_output_dir(
+            arguments.output_dir,
+            overwrite_output_dir=arguments.overwrite_output_dir,
+            resume_from_checkpoint=arguments.resume_from_checkpoint,
+        )
+    except ValueError as error:
+        sys.exit(f"pretrain.py: error: {error}")
+    sys.exit(main(arguments))

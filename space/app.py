@@ -69,6 +69,7 @@ from rasterio.errors import RasterioError  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from di3cl_hf import DI3CLForSemanticSegmentation, DI3CLImageProcessor  # noqa: E402
+from di3cl_hf.data.georef import scaled_gcps  # noqa: E402
 from di3cl_hf.data.sario import SARFileError, SARRaster, open_scene, read_sar, write_geotiff  # noqa: E402
 from di3cl_hf.inference.scene import predict_scene, tile_starts  # noqa: E402
 from di3cl_hf.loading import load_model_and_processor  # noqa: E402
@@ -354,8 +355,13 @@ def prepare_input(path: Path, name: str, work_dir: Path) -> PreparedInput:
             f"{factor}x the input's. `di3cl predict` runs full resolution."
         )
         array, valid = np.ascontiguousarray(array), np.ascontiguousarray(valid)
-        raster = replace(raster, array=array, valid_mask=valid, transform=transform)
-    if raster.crs is None:
+        gcps = scaled_gcps(raster.gcps, factor)
+        raster = replace(raster, array=array, valid_mask=valid, transform=transform, gcps=gcps)
+    if raster.gcps is not None and raster.transform is None:
+        notes.append(
+            "The input is georeferenced by ground control points (GCPs); the output GeoTIFF keeps them."
+        )
+    elif raster.crs is None:
         notes.append("The input has no georeferencing, so neither has the output GeoTIFF.")
     return PreparedInput(raster, array, valid, raster.crs, transform, notes)
 
@@ -462,7 +468,9 @@ def run_segmentation(
     names = [str(model.config.id2label.get(index, index)) for index in range(num_labels)]
     colours = class_colours(names)
     classes = summary.classes
-    write_geotiff(output, summary.array, crs=summary.crs, transform=summary.transform, nodata=NODATA)
+    write_geotiff(
+        output, summary.array, crs=summary.crs, transform=summary.transform, nodata=NODATA, gcps=summary.gcps
+    )
     with rasterio.open(output, "r+") as dataset:
         dataset.write_colormap(1, {index: (*colour, 255) for index, colour in enumerate(colours)})
     counts = np.bincount(classes[classes != NODATA].ravel(), minlength=num_labels)[:num_labels]
@@ -503,7 +511,12 @@ def run_features(
     rgb[~valid] = 0
     output = work_dir / f"{stem}_features_pca.tif"
     write_geotiff(
-        output, np.moveaxis(rgb, -1, 0), crs=prepared.crs, transform=prepared.transform, nodata=None
+        output,
+        np.moveaxis(rgb, -1, 0),
+        crs=prepared.crs,
+        transform=prepared.transform,
+        nodata=None,
+        gcps=prepared.raster.gcps,
     )
     notes = [
         f"Radiometry: `{resolve_kind(prepared.array, radiometry, prepared.valid)}`.",
@@ -590,18 +603,13 @@ def real_example_files() -> list[Path]:
 
 
 def example_files(folder: Path | None = None) -> list[Path]:
-    """Synthetic examples, rendered once by the synthetic generator (nothing binary in the repo)."""
+    """Synthetic examples, rendered once by the synthetic generator (nothing binary in the repo) into a cache
+    folder outside the app (``DI3CL_SPACE_CACHE``, else the system's temporary folder, which Gradio serves):
+    never into ``space/``, so ``di3cl push space`` uploads only the app."""
     from di3cl_hf.data.synthetic import SYNTHETIC_CRS, synthetic_patch
 
-    folder = folder or APP_DIR / "examples"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError:  # read-only install: a temporary folder
-        folder = Path(tempfile.gettempdir()) / "di3cl-space-examples"
-        folder.mkdir(parents=True, exist_ok=True)
+    folder = folder or Path(os.environ.get("DI3CL_SPACE_CACHE") or tempfile.gettempdir()) / "di3cl-examples"
+    folder.mkdir(parents=True, exist_ok=True)
     landcover = folder / "synthetic_landcover_vv_vh_db.tif"
     water = folder / "synthetic_water_intensity.tif"
     roads = folder / "synthetic_roads_vv_db.npy"

@@ -649,3 +649,40 @@ def test_real_sentinel1_examples_come_first_and_are_staged(app_module, tmp_path:
     assert "Copernicus" in (staged / "examples" / "sentinel1" / "README.md").read_text()
     raster = app_module.prepare_input(real[1], "003.tif", tmp_path)  # the 8-bit real scene reads as a upload
     assert raster.array.shape[0] == 1 and raster.crs is not None
+
+
+def test_gcp_georeferenced_upload_keeps_its_gcps(local_space, tmp_path: Path) -> None:
+    """Issue #21: a GeoTIFF georeferenced by ground control points only (as Sentinel-1 GRD products are) gives
+    a map with the same GCPs and CRS, and the notice says so (not "no georeferencing")."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    app, _ = local_space
+    corners = [(0, 0), (0, 63), (63, 0), (63, 63)]
+    points = [
+        GroundControlPoint(r, c, 10 + c / 1e3, 50 - r / 1e3, 0.0, str(i)) for i, (r, c) in enumerate(corners)
+    ]
+    path = tmp_path / "grd.tif"
+    values = np.random.default_rng(4).normal(-12, 3, (2, 64, 64)).astype(np.float32)
+    with rasterio.open(path, "w", driver="GTiff", count=2, height=64, width=64, dtype="float32") as dataset:
+        dataset.gcps = (points, CRS.from_epsg(4326))
+        dataset.write(values)
+    *_, result, notice = app.segment(str(path), "Water", "auto")
+    with rasterio.open(result) as output:
+        gcps, crs = output.gcps
+    assert crs == CRS.from_epsg(4326) and [(p.row, p.col, p.x, p.y) for p in gcps] == [
+        (p.row, p.col, p.x, p.y) for p in points
+    ]
+    assert "ground control points" in notice and "no georeferencing" not in notice
+
+
+def test_synthetic_examples_are_rendered_outside_the_app_folder(
+    app_module, tmp_path: Path, monkeypatch
+) -> None:
+    """Issue #21: start-up never writes into space/ (which `di3cl push space` uploads)."""
+    monkeypatch.setenv("DI3CL_SPACE_CACHE", str(tmp_path))
+    before = sorted(p.relative_to(REPO_ROOT / "space") for p in (REPO_ROOT / "space").rglob("*"))
+    files = app_module.example_files()
+    assert all(path.is_file() and path.is_relative_to(tmp_path) for path in files)
+    after = sorted(p.relative_to(REPO_ROOT / "space") for p in (REPO_ROOT / "space").rglob("*"))
+    assert before == after

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from transformers.utils import logging as transformers_logging
+
 from . import convert, data, hub, onnx, predict
 
 COMMAND_GROUPS = (convert, data, predict, hub, onnx)
@@ -39,11 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    # transformers' loading bars and load reports would bury a one-line refusal; its errors still raise
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as error:
         print(f"di3cl {args.command}: error: {error}", file=sys.stderr)
         return 1
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
 
 
 __all__ = ["build_parser", "main"]

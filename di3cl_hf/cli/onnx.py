@@ -9,16 +9,21 @@ from transformers import AutoConfig
 
 from ..inference.onnx import ONNX_OPSET, export_onnx
 from ..inference.outputs import check_output_path
-from ..loading import load_model_and_processor
+from ..loading import load_model_and_processor, remote_code_error
 
 TASKS = ("auto", "segmentation", "features")
 
 
-def _task(model_ref: str, task: str, local_files_only: bool) -> str:
+def _task(model_ref: str, task: str, local_files_only: bool, trust_remote_code: bool = False) -> str:
     """``segmentation`` for a DI3CLForSemanticSegmentation folder, else ``features`` (the encoder)."""
     if task != "auto":
         return task
-    config = AutoConfig.from_pretrained(model_ref, local_files_only=local_files_only)
+    try:
+        config = AutoConfig.from_pretrained(
+            model_ref, local_files_only=local_files_only, trust_remote_code=trust_remote_code
+        )
+    except ValueError as error:
+        raise remote_code_error(model_ref, error) from None
     return "segmentation" if "DI3CLForSemanticSegmentation" in (config.architectures or []) else "features"
 
 
@@ -26,8 +31,10 @@ def _run_export(args: argparse.Namespace) -> int:
     if Path(args.output).suffix.lower() != ".onnx":
         raise ValueError(f"{args.output}: the output must end in .onnx")
     check_output_path(args.output, overwrite=args.overwrite, flag="--overwrite")  # before loading the model
-    task = _task(args.model, args.task, args.local_files_only)
-    model, processor = load_model_and_processor(args.model, task, local_files_only=args.local_files_only)
+    task = _task(args.model, args.task, args.local_files_only, args.trust_remote_code)
+    model, processor = load_model_and_processor(
+        args.model, task, local_files_only=args.local_files_only, trust_remote_code=args.trust_remote_code
+    )
     result = export_onnx(
         model,
         processor,
@@ -76,6 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
     parser.add_argument("--local-files-only", action="store_true", help="never contact the Hub for MODEL")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT.onnx")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run Python code shipped with MODEL (auto_map) for a model type this package does not know",
+    )
     parser.set_defaults(func=_run_export)
 
 

@@ -24,10 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from ..data.sario import list_sar_files
-from ..inference.batch import collect_inputs, format_summary, plan_scenes, process_share, run_scene
+from ..inference.batch import (
+    check_output_folder,
+    collect_inputs,
+    format_summary,
+    inputs_inside,
+    plan_scenes,
+    process_share,
+    readable_jobs,
+    run_scene,
+)
 from ..inference.embeddings import POOLINGS, check_embeddings_output, embed_files, save_embeddings
-from ..inference.outputs import check_output_path
-from ..inference.scene import OUTPUT_TYPES, predict_scene
+from ..inference.outputs import check_output_path, remove_stale_temporaries
+from ..inference.provenance import PROVENANCE_TAG, prediction_provenance
+from ..inference.scene import MIN_TILE_SIZE, OUTPUT_TYPES, predict_scene
+from ..inference.sources import open_source
 from ..loading import load_model_and_processor
 from ..radiometry import RADIOMETRY_KINDS
 from ..runtime import PRECISIONS, StopSignal
@@ -59,8 +70,10 @@ many scenes (--output-dir DIR):
   inputs    files, folders (their SAR files), glob patterns, @list.txt (one input per line, # comments,
             paths relative to the list). {id}_vv.tif + {id}_vh.tif (also _hh/_hv) are one dual-pol scene.
   outputs   DIR/{id}_classes.tif (or _probabilities.tif), each written atomically. A complete output
-            (a readable uint8 GeoTIFF of the scene's size and band count) is skipped, so a stopped run
-            resumes where it stopped; --overwrite recomputes. A bad scene is reported and the rest run;
+            (a readable uint8 GeoTIFF of the scene's size and band count, made by the same model with the
+            same options: its DI3CL_PROVENANCE tag) is skipped, so a stopped run resumes where it stopped;
+            an earlier map made by another model or with other options is recomputed; --overwrite
+            recomputes all. Inputs inside DIR are refused. A bad scene is reported and the rest run;
             the exit status is 1 when any scene failed.
   processes under `accelerate launch` (or torchrun) the scenes are split between the processes without
             overlap (process r of n takes scenes r, r+n, ...; GPU = LOCAL_RANK); rank 0 prints the summary.
@@ -84,6 +97,15 @@ def _band(text: str) -> int | str:
     if not text.strip() or text.strip().startswith("-"):
         raise argparse.ArgumentTypeError(f"expected a 1-based band index or a band name, got {text!r}")
     return text.strip()
+
+
+def _tile_size(text: str) -> int:
+    value = int(text)
+    if value < MIN_TILE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_TILE_SIZE} (the network's stride; a multiple of 32 such as 256 or 512), got {text}"
+        )
+    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -157,6 +179,11 @@ def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     group.add_argument("--local-files-only", action="store_true", help="never contact the Hub for MODEL")
     group.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    group.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run Python code shipped with MODEL (auto_map) for a model type this package does not know",
+    )
     group.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -175,6 +202,14 @@ def _check_predict_arguments(args: argparse.Namespace) -> None:
             f"{args.model}: no such file; --backend onnxruntime takes a .onnx file as MODEL"
         )
     if args.output_dir is not None:
+        check_output_folder(args.output_dir)
+        inside = inputs_inside(args.inputs, args.output_dir)
+        if inside:
+            raise ValueError(
+                f"--output-dir {args.output_dir}: {len(inside)} input(s) lie inside it ({', '.join(inside[:3])}"
+                f"{', ...' if len(inside) > 3 else ''}); files there are never read as scenes (earlier maps would "
+                "be taken for scenes): move them or choose another --output-dir"
+            )
         return
     if len(args.inputs) != 2:
         raise ValueError(
@@ -184,6 +219,8 @@ def _check_predict_arguments(args: argparse.Namespace) -> None:
     if not Path(args.input).exists():
         raise FileNotFoundError(f"{args.input}: no such file")
     check_output_path(args.output, [args.input], overwrite=args.overwrite, flag="--overwrite")
+    with open_source(args.input):  # an unreadable input is refused before the model loads
+        pass
 
 
 def _load_segmentation_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
@@ -195,7 +232,11 @@ def _load_segmentation_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
         model, processor = load_onnx_model(args.model, overrides)
         return model, processor, "fp32"
     model, processor = load_model_and_processor(
-        args.model, "segmentation", overrides, local_files_only=args.local_files_only
+        args.model,
+        "segmentation",
+        overrides,
+        local_files_only=args.local_files_only,
+        trust_remote_code=args.trust_remote_code,
     )
     return model, processor, args.precision
 
@@ -217,11 +258,26 @@ def _scene_options(
     }
 
 
+def _provenance(args: argparse.Namespace, model: Any, processor: Any, precision: str) -> str:
+    """What makes the map (model fingerprint, processor, options that change it): the outputs' tag."""
+    options = {
+        "tile_size": args.tile_size,
+        "overlap": args.overlap,
+        "bands": args.bands or getattr(processor, "bands", None),
+        "output_type": args.output_type,
+        "backend": args.backend,
+        "precision": precision,
+    }
+    return prediction_provenance(model, processor, options)
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     _check_predict_arguments(args)
     if args.output_dir is not None:
         return _run_predict_many(args)
     model, processor, precision = _load_segmentation_model(args)
+    tags = {PROVENANCE_TAG: _provenance(args, model, processor, precision)}
+    remove_stale_temporaries(args.output)
     try:
         with _command_line_errors():
             result = predict_scene(
@@ -230,6 +286,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                 args.output,
                 processor,
                 overwrite=args.overwrite,
+                tags=tags,
                 **_scene_options(args, processor, precision, args.device),
             )
     except KeyboardInterrupt as interrupt:
@@ -248,21 +305,27 @@ def _run_predict_many(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     files, failures = collect_inputs(args.inputs)
     jobs, unplanned = plan_scenes(files, args.output_dir, args.output_type)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    mine = jobs[share.rank :: share.world_size]
+    mine, unreadable = readable_jobs(jobs[share.rank :: share.world_size])  # before the model loads
     outcomes = (failures + unplanned) if share.is_main else []  # reported once, not by every process
+    outcomes += unreadable
+    for outcome in unreadable:
+        print(f"[{share.rank}/{share.world_size}] failed {outcome.output} ({outcome.reason})", flush=True)
     try:
         if mine:
             model, processor, precision = _load_segmentation_model(args)
             options = _scene_options(args, processor, precision, share.device(args.device))
             bands = 1 if args.output_type == "classes" else int(model.config.num_labels)
+            provenance = _provenance(args, model, processor, precision)
+            options["tags"] = {PROVENANCE_TAG: provenance}
 
             def predict(source: Any, output: Path, overwrite: bool) -> Any:
                 with _command_line_errors():
                     return predict_scene(model, source, output, processor, overwrite=overwrite, **options)
 
             for job in mine:
-                outcome = run_scene(job, predict, bands, overwrite=args.overwrite, rank=share.rank)
+                outcome = run_scene(
+                    job, predict, bands, overwrite=args.overwrite, rank=share.rank, provenance=provenance
+                )
                 note = f" ({outcome.reason})" if outcome.reason else ""
                 print(f"[{share.rank}/{share.world_size}] {outcome.status} {job.output}{note}", flush=True)
                 outcomes.append(outcome)
@@ -295,7 +358,11 @@ def _run_embed(args: argparse.Namespace) -> int:
     files = expand_inputs(args.inputs)
     check_embeddings_output(args.output, files, overwrite=args.overwrite, flag="--overwrite")
     model, processor = load_model_and_processor(
-        args.model, "features", _processor_overrides(args), local_files_only=args.local_files_only
+        args.model,
+        "features",
+        _processor_overrides(args),
+        local_files_only=args.local_files_only,
+        trust_remote_code=args.trust_remote_code,
     )
     try:
         # SIGTERM as Ctrl-C: the atomic writer's clean-up runs, no temporary file stays behind
@@ -358,7 +425,10 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
         help="torch (default) or onnxruntime (MODEL is a .onnx file from `di3cl export-onnx`, fp32 on the CPU)",
     )
     predict.add_argument(
-        "--tile-size", type=_positive_int, default=512, help="tile size in pixels (default 512)"
+        "--tile-size",
+        type=_tile_size,
+        default=512,
+        help="tile size in pixels, at least 32 (default 512; a smaller scene is predicted at its own size)",
     )
     predict.add_argument(
         "--overlap",

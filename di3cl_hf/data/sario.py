@@ -48,6 +48,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from ..atomic import temporary_path
+from .georef import GCPs, dataset_gcps, window_gcps
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".gtif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -90,6 +91,8 @@ class SARRaster:
         nodata: The file's nodata value, or ``None``.
         path: The file the raster was read from.
         band_names: Band descriptions from the file (e.g. ``("VV", "VH")``); ``None`` entries when unset.
+        gcps: Ground control points ``(points, crs)`` in the pixel grid of ``array`` (Sentinel-1 GRD
+            products are georeferenced by GCPs only), or ``None``.
     """
 
     array: np.ndarray
@@ -99,6 +102,7 @@ class SARRaster:
     nodata: float | None
     path: Path
     band_names: tuple[str | None, ...] = ()
+    gcps: GCPs | None = None
 
     @property
     def num_bands(self) -> int:
@@ -279,6 +283,7 @@ class SARScene:
         self.dtype = np.dtype(array.dtype)
         self.crs = None
         self.transform = None
+        self.gcps = None
         self.nodata = None
         self.band_names: tuple[str | None, ...] = (None,) * self.count
 
@@ -306,6 +311,7 @@ class SARScene:
         self.crs = ds.crs
         georeferenced = ds.crs is not None or ds.transform != Affine.identity()
         self.transform = ds.transform if georeferenced else None
+        self.gcps = dataset_gcps(ds)
         self.nodata = ds.nodata
         self.band_names = tuple(ds.descriptions)
         self._is_photo = self.path.suffix.lower() in IMAGE_SUFFIXES or ds.driver in ("PNG", "JPEG")
@@ -421,7 +427,8 @@ class SARScene:
                 else ds.transform
             )
         names = tuple(self.band_names[i - 1] for i in indexes)
-        return SARRaster(array, valid, self.crs, transform, self.nodata, self.path, names)
+        gcps = window_gcps(self.gcps, window)
+        return SARRaster(array, valid, self.crs, transform, self.nodata, self.path, names, gcps)
 
     def _read_photo(self, window: Window | None, boundless: bool, keep_colour: bool = False) -> SARRaster:
         """Quick-look (grey+alpha, RGB, RGBA): one grey band (exact when R == G == B), alpha -> validity.
@@ -602,6 +609,9 @@ class GeoTIFFWriter:
         blocksize: int = 256,
         cog: bool = False,
         band_names: Sequence[str] | None = None,
+        *,
+        gcps: GCPs | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.cog = cog
@@ -624,6 +634,10 @@ class GeoTIFFWriter:
             if band_names is not None:
                 for index, name in enumerate(band_names, start=1):
                     self._dataset.set_band_description(index, name)
+            if gcps:  # GCP-georeferenced input (no transform): the output keeps its GCPs and their CRS
+                self._dataset.gcps = gcps
+            if tags:
+                self._dataset.update_tags(**tags)
         except Exception:
             self._tmp.unlink(missing_ok=True)
             raise
@@ -694,6 +708,9 @@ def create_geotiff(
     blocksize: int = 256,
     cog: bool = False,
     band_names: Sequence[str] | None = None,
+    *,
+    gcps: GCPs | None = None,
+    tags: dict[str, str] | None = None,
 ) -> GeoTIFFWriter:
     """Start an atomic, tiled, compressed GeoTIFF to be written window by window.
 
@@ -714,10 +731,13 @@ def create_geotiff(
         blocksize: Tile size (multiple of 16; shrunk for small rasters).
         cog: Convert to a Cloud-Optimized GeoTIFF (GDAL's COG driver) on close.
         band_names: Band descriptions, e.g. ``("VV", "VH")``.
+        gcps: Ground control points ``(points, crs)`` for a raster georeferenced by GCPs (no transform).
+        tags: GeoTIFF metadata tags (e.g. what made the map, :mod:`di3cl_hf.inference.provenance`).
     """
     return GeoTIFFWriter(
-        path, height, width, count, dtype, crs, transform, nodata, compress, blocksize, cog, band_names
-    )
+        path, height, width, count, dtype, crs, transform, nodata, compress, blocksize, cog, band_names,
+        gcps=gcps, tags=tags,
+    )  # fmt: skip
 
 
 def write_geotiff(
@@ -731,6 +751,8 @@ def write_geotiff(
     blocksize: int = 256,
     cog: bool = False,
     band_names: Sequence[str] | None = None,
+    gcps: GCPs | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Path:
     """Write ``array`` (``[C, H, W]`` or ``[H, W]``) as a tiled, compressed GeoTIFF, atomically.
 
@@ -744,6 +766,8 @@ def write_geotiff(
         blocksize: Tile size.
         cog: Write a Cloud-Optimized GeoTIFF (GDAL's COG driver, with overviews).
         band_names: Band descriptions, e.g. ``("VV", "VH")``.
+        gcps: Ground control points ``(points, crs)`` (a GCP-georeferenced raster).
+        tags: GeoTIFF metadata tags.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -766,6 +790,8 @@ def write_geotiff(
         blocksize,
         cog,
         band_names,
+        gcps=gcps,
+        tags=tags,
     ) as writer:
         writer.write(array)
     return Path(path)

@@ -10,8 +10,10 @@
    ``DIR/{id}_{output_type}.tif``; two scenes with the same output name both fail (nothing is overwritten).
 3. **Resumable** (:func:`output_is_complete`): a scene whose output is *complete* is skipped: the final
    file (never a leftover ``.{name}.*.tmp.tif``) opens as a GeoTIFF of the scene's height and width, the
-   output's band count, uint8, and its last pixel reads. Outputs are written atomically
-   (:func:`~di3cl_hf.inference.scene.predict_scene`), so a stopped run leaves only complete files.
+   output's band count, uint8, its last pixel reads, and it was made by the same model with the same options
+   (its :data:`~di3cl_hf.inference.provenance.PROVENANCE_TAG`); a map of ours made otherwise is recomputed.
+   Outputs are written atomically (:func:`~di3cl_hf.inference.scene.predict_scene`), so a stopped run leaves
+   only complete files, plus, when killed outright, a hidden temporary that the next run of that scene removes.
    ``overwrite`` recomputes everything; an existing output that is not complete is refused without it.
 4. **Processes** (:func:`process_share`): under ``accelerate launch`` / ``torchrun`` (``RANK``,
    ``WORLD_SIZE``, ``LOCAL_RANK`` set) process ``r`` of ``n`` predicts scenes ``r, r + n, r + 2n, ...``
@@ -41,7 +43,8 @@ from rasterio.windows import Window
 
 from ..data.polarisation import POLARISATION_ORDER, PolarisationError, group_polarisations, polarisation_of
 from ..data.sario import list_sar_files
-from .outputs import OutputExistsError
+from .outputs import OutputExistsError, OutputPathError, remove_stale_temporaries
+from .provenance import read_provenance
 from .sources import open_source
 
 STATUSES = ("done", "skipped", "failed")
@@ -161,6 +164,64 @@ def collect_inputs(items: Sequence[str]) -> tuple[list[Path], list[SceneOutcome]
     return unique, failures
 
 
+def check_output_folder(output_dir: str | os.PathLike[str]) -> Path:
+    """Create ``--output-dir`` if needed and refuse, before any model loads, one that is a file, cannot be
+    created or is not writable (an :class:`OutputPathError`, one line)."""
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"--output-dir {folder}: exists and is not a folder; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputPathError(
+            f"--output-dir {folder}: cannot be created ({error.strerror or error})"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"--output-dir {folder}: is not writable; choose a folder you can write to")
+    return folder
+
+
+def inputs_inside(items: Sequence[str], output_dir: str | os.PathLike[str]) -> list[str]:
+    """The inputs named by ``items`` that lie inside ``output_dir`` (files, folders, glob matches, entries of
+    ``@list`` files): they would be dropped (earlier maps are never taken for scenes), so the CLI refuses them.
+    A folder *containing* the output folder is fine: only the files inside the output folder are skipped."""
+    outputs = Path(output_dir).resolve()
+    inside, pending = [], list(items)
+    while pending:
+        item = str(pending.pop(0))
+        if item.startswith("@") and not Path(item).exists():
+            try:
+                pending = _list_file(item) + pending
+            except OSError:
+                pass  # reported by collect_inputs
+            continue
+        paths = [Path(m) for m in glob.glob(item, recursive=True)] if glob.has_magic(item) else [Path(item)]
+        inside += [str(p) for p in paths if p.exists() and p.resolve().is_relative_to(outputs)]
+    return inside
+
+
+def readable_jobs(jobs: list[SceneJob]) -> tuple[list[SceneJob], list[SceneOutcome]]:
+    """The jobs whose inputs open as SAR scenes, and a failure for each other one: checked before the model
+    loads, so a run of unreadable inputs never loads it."""
+    ready, failures = [], []
+    for job in jobs:
+        try:
+            _scene_size(job)
+        except Exception as error:  # noqa: BLE001 (any unreadable input is that scene's failure)
+            failures.append(
+                SceneOutcome(
+                    job.key,
+                    [str(f) for f in job.files],
+                    str(job.output),
+                    "failed",
+                    f"{type(error).__name__}: {error}",
+                )
+            )
+        else:
+            ready.append(job)
+    return ready, failures
+
+
 def _group(files: list[Path]) -> tuple[list[tuple[str, tuple[Path, ...]]], list[SceneOutcome]]:
     """Scenes ``(key, files)`` of ``files`` by the polarisation naming rule; an incomplete group fails
     alone (group_polarisations rejects the whole list)."""
@@ -226,11 +287,15 @@ def plan_scenes(
     return sorted(jobs, key=lambda j: str(j.files[0])), failures
 
 
-def output_is_complete(output: Path, height: int, width: int, count: int) -> bool:
+def output_is_complete(
+    output: Path, height: int, width: int, count: int, provenance: str | None = None
+) -> bool:
     """Whether ``output`` is a finished prediction: a readable uint8 GeoTIFF of ``count`` bands and
     ``height`` x ``width`` pixels whose last pixel reads (a leftover temporary file never is: it has
-    another name)."""
+    another name), and, when ``provenance`` is given, made by that model with those options (its tag)."""
     if not output.is_file():
+        return False
+    if provenance is not None and read_provenance(output) != provenance:
         return False
     try:
         with rasterio.open(output) as dataset:
@@ -260,23 +325,33 @@ def run_scene(
     output_bands: int,
     overwrite: bool = False,
     rank: int = 0,
+    provenance: str | None = None,
 ) -> SceneOutcome:
     """Predict one scene with ``predict(source, output_path, overwrite=...)`` unless its output is
-    complete; any error except an interrupt becomes a failed outcome with the reason."""
+    complete (with ``provenance``: made the same way); a map of ours made by another model or with other
+    options is recomputed; any error except an interrupt becomes a failed outcome with the reason."""
     source: Any = list(job.files) if len(job.files) > 1 else job.files[0]
     outcome = SceneOutcome(job.key, [str(f) for f in job.files], str(job.output), "done", rank=rank)
     start = time.perf_counter()
     try:
         height, width = _scene_size(job)
         outcome.pixels = height * width
-        if not overwrite and output_is_complete(job.output, height, width, output_bands):
+        if not overwrite and output_is_complete(job.output, height, width, output_bands, provenance):
             outcome.status, outcome.reason = "skipped", "complete output exists"
             return outcome
+        replace = overwrite
         if job.output.exists() and not overwrite:
-            raise OutputExistsError(
-                f"{job.output}: exists but is not a complete prediction of this scene; pass --overwrite to replace it"
+            if provenance is None or read_provenance(job.output) is None:
+                raise OutputExistsError(
+                    f"{job.output}: exists but is not a complete prediction of this scene by this model with these "
+                    "options; pass --overwrite to replace it"
+                )
+            replace, outcome.reason = (
+                True,
+                "replaced an earlier map made by another model or with other options",
             )
-        predict(source, job.output, overwrite=overwrite)
+        remove_stale_temporaries(job.output)
+        predict(source, job.output, overwrite=replace)
     except Exception as error:  # noqa: BLE001 (one bad scene never stops the others; the reason is kept)
         outcome.status, outcome.reason = "failed", f"{type(error).__name__}: {error}"
     outcome.seconds = time.perf_counter() - start
@@ -306,10 +381,13 @@ __all__ = [
     "ProcessShare",
     "SceneJob",
     "SceneOutcome",
+    "check_output_folder",
     "collect_inputs",
+    "inputs_inside",
     "format_summary",
     "output_is_complete",
     "plan_scenes",
     "process_share",
+    "readable_jobs",
     "run_scene",
 ]

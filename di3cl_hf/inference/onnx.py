@@ -254,7 +254,15 @@ def onnx_session(
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads or torch.get_num_threads())
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 (onnxruntime's errors share no base class but Exception)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such ONNX file") from None
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise ValueError(
+            f"{path}: not a loadable ONNX model ({reason}); export one with `di3cl export-onnx`"
+        ) from None
 
 
 def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

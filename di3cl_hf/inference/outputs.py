@@ -9,9 +9,15 @@ runs: a bad output must not cost a whole scene's computation.
 
 from __future__ import annotations
 
+import glob
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
+
+# A hidden temporary of an output untouched this long is a leftover of a killed run (a live writer touches
+# its file every few seconds); the next run of that output removes it.
+STALE_TEMPORARY_SECONDS = 15 * 60
 
 
 class OutputPathError(ValueError):
@@ -75,4 +81,28 @@ def check_output_path(
     return output
 
 
-__all__ = ["OutputExistsError", "OutputPathError", "check_output_path", "same_file"]
+def remove_stale_temporaries(
+    output: str | os.PathLike[str], older_than: float = STALE_TEMPORARY_SECONDS
+) -> list[Path]:
+    """Remove the hidden temporaries ``.{name}.*.tmp.tif`` of ``output`` left by a killed run (SIGKILL, power
+    loss: Ctrl-C and SIGTERM clean up themselves) and not modified for ``older_than`` seconds; returns them."""
+    output = Path(output)
+    removed = []
+    for leftover in output.parent.glob(f".{glob.escape(output.name)}.*.tmp.tif"):
+        try:
+            if time.time() - leftover.stat().st_mtime >= older_than:
+                leftover.unlink()
+                removed.append(leftover)
+        except OSError:
+            continue
+    return removed
+
+
+__all__ = [
+    "STALE_TEMPORARY_SECONDS",
+    "OutputExistsError",
+    "OutputPathError",
+    "check_output_path",
+    "remove_stale_temporaries",
+    "same_file",
+]

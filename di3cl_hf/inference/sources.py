@@ -31,6 +31,7 @@ from affine import Affine
 from rasterio.io import DatasetReaderBase
 from rasterio.windows import Window
 
+from ..data.georef import window_gcps
 from ..data.polarisation import SampleFiles, polarisation_of
 from ..data.sario import (
     MAX_BANDS,
@@ -79,6 +80,7 @@ class RasterScene:
                 f"in-memory raster: valid_mask of shape {self.valid_mask.shape}, expected {(self.height, self.width)}"
             )
         self.crs, self.transform, self.nodata = raster.crs, raster.transform, raster.nodata
+        self.gcps = getattr(raster, "gcps", None)
         self.path = Path(raster.path) if raster.path is not None else Path("<in-memory raster>")
         self.band_names = tuple(raster.band_names) or (None,) * self.count
 
@@ -108,7 +110,9 @@ class RasterScene:
         if self.transform is not None:
             transform = self.transform @ Affine.translation(win.col_off, win.row_off)
         names = tuple(self.band_names[i] for i in indexes)
-        return SARRaster(array, valid, self.crs, transform, nodata, self.path, names)
+        return SARRaster(
+            array, valid, self.crs, transform, nodata, self.path, names, window_gcps(self.gcps, win)
+        )
 
     def close(self) -> None:
         """Nothing to close (the caller owns the raster)."""
@@ -172,6 +176,7 @@ class StackedScene:
         self.path = first.path
         self.count, self.height, self.width = len(self._scenes), first.height, first.width
         self.crs, self.transform, self.nodata = first.crs, first.transform, first.nodata
+        self.gcps = first.gcps
         self.band_names = tuple((polarisation_of(f) or ("", None))[1] for f in self.files)
 
     def read(
@@ -188,7 +193,9 @@ class StackedScene:
         array = np.concatenate([p.array.astype(dtype, copy=False) for p in parts])
         valid = np.logical_and.reduce([p.valid_mask for p in parts])
         names = tuple(self.band_names[i] for i in indexes)
-        return SARRaster(array, valid, self.crs, parts[0].transform, self.nodata, self.path, names)
+        return SARRaster(
+            array, valid, self.crs, parts[0].transform, self.nodata, self.path, names, parts[0].gcps
+        )
 
     def close(self) -> None:
         """Close every file."""

@@ -10,6 +10,12 @@
   ``save_state`` into a temporary folder renamed into place, the newest ``save_total_limit`` kept. The trainer's
   counters are JSON (``training_state.json``), never pickle. Folders of the older systems (``checkpoint-N`` of
   pre-training with ``custom_checkpoint_0.pkl``, ``step-000000N`` of fine-tuning) are still found and resumed.
+- **Nothing of the user's is replaced or deleted** (:func:`check_output_dir`, :func:`save_checkpoint`): a run
+  claims its ``output_dir`` with a :data:`RUN_MARKER` file (a run id) and refuses, before any work, a non-empty
+  folder without one, unless ``--overwrite_output_dir`` or ``--resume_from_checkpoint`` (``latest`` or a
+  checkpoint inside the folder) says it is the user's wish. Each checkpoint carries the run id
+  (:data:`CHECKPOINT_MARKER`); ``save_total_limit`` rotation deletes only checkpoints of the same run family
+  (the run and its resumptions), never a folder someone else put under ``checkpoints/``.
 - **No pickle is executed on resume**: before Accelerate reads a folder, every pickle-based file in it
   (optimiser, scheduler, RNG states, sampler, the old ``custom_checkpoint_*.pkl``) is opened with
   ``torch.load(weights_only=True)`` (tensors, numpy arrays and plain containers only); anything else is refused
@@ -26,6 +32,7 @@ import pickle
 import shutil
 import sys
 import tempfile
+import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +54,12 @@ TRAINING_STATE_NAME = "training_state.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 LEGACY_CUSTOM_STATE = "custom_checkpoint_0.pkl"
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
+RUN_MARKER = ".di3cl-run"
+CHECKPOINT_MARKER = ".di3cl-checkpoint"
+
+# output_dir (absolute) -> (overwrite_output_dir, resume_from_checkpoint) of the TrainingArguments built for it:
+# what check_output_dir(args.output_dir) falls back to when its caller does not pass the flags.
+_OUTPUT_DIR_FLAGS: dict[str, tuple[bool, str | None]] = {}
 
 _WARNED: set[str] = set()
 
@@ -81,7 +94,19 @@ class TrainingArguments:
     save_steps: int = field(
         default=500, metadata={"help": "Checkpoint interval in updates (0: see each trainer)."}
     )
-    save_total_limit: int = field(default=3, metadata={"help": "Checkpoints kept (oldest deleted)."})
+    save_total_limit: int = field(
+        default=3,
+        metadata={
+            "help": "Checkpoints of this run kept (its oldest deleted; never a checkpoint it did not write)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Write into a non-empty output_dir that no DI3CL run wrote (its files may be replaced; "
+            "checkpoints already there are kept). Without it such a folder is refused."
+        },
+    )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'latest' (in output_dir/checkpoints) or a checkpoint folder."}
     )
@@ -105,6 +130,10 @@ class TrainingArguments:
             raise ValueError(
                 f"{type(self).__name__}: save_total_limit must be >= 1, got {self.save_total_limit}"
             )
+        _OUTPUT_DIR_FLAGS[os.path.abspath(self.output_dir)] = (
+            bool(self.overwrite_output_dir),
+            self.resume_from_checkpoint,
+        )
 
 
 def parse_dataclass_args(dataclass_type: type, argv: list[str] | None = None) -> Any:
@@ -119,8 +148,21 @@ def parse_dataclass_args(dataclass_type: type, argv: list[str] | None = None) ->
     return args
 
 
-def check_output_dir(output_dir: str | os.PathLike) -> Path:
-    """Refuse, before any work, an ``output_dir`` that exists and is not a folder (or cannot be created)."""
+def check_output_dir(
+    output_dir: str | os.PathLike,
+    *,
+    overwrite_output_dir: bool | None = None,
+    resume_from_checkpoint: str | None = None,
+) -> Path:
+    """Check ``output_dir`` before any work and claim it for this run (:data:`RUN_MARKER`); return it as a Path.
+
+    Refused (``ValueError``, one line): an existing file or a file among its parents, a folder that cannot be
+    written, and a non-empty folder that no DI3CL run wrote (no marker) unless ``overwrite_output_dir`` or
+    ``resume_from_checkpoint`` (``"latest"`` or a checkpoint inside the folder) is given. The flags default to
+    those of the :class:`TrainingArguments` built for this ``output_dir`` (so ``check_output_dir(args.output_dir)``
+    honours ``--overwrite_output_dir`` / ``--resume_from_checkpoint``). When a run resumes in a folder without
+    marker (written before markers existed), its checkpoints are adopted: rotation may then delete them.
+    """
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--output_dir {path}: exists and is not a folder; give a folder path")
@@ -129,7 +171,60 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
             if not parent.is_dir():
                 raise ValueError(f"--output_dir {path}: {parent} is a file, not a folder")
             break
+    if overwrite_output_dir is None and resume_from_checkpoint is None:
+        overwrite_output_dir, resume_from_checkpoint = _OUTPUT_DIR_FLAGS.get(
+            os.path.abspath(path), (False, None)
+        )
+    resumes_here = _resumes_inside(resume_from_checkpoint, path)
+    if path.is_dir() and not (path / RUN_MARKER).is_file() and any(path.iterdir()):
+        if not (overwrite_output_dir or resumes_here):
+            raise ValueError(
+                f"--output_dir {path}: is not empty and was not written by a DI3CL training run (no {RUN_MARKER} "
+                "file); its files would be replaced. Choose a new or empty folder, or pass --overwrite_output_dir "
+                "to write into it (checkpoints already there are kept)"
+            )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        _claim(path, adopt=resumes_here)
+    except OSError as error:
+        raise ValueError(f"--output_dir {path}: cannot write there ({error.strerror or error})") from error
     return path
+
+
+def _resumes_inside(resume: str | None, output_dir: Path) -> bool:
+    """Whether ``--resume_from_checkpoint`` continues a run of ``output_dir`` (``latest`` or a folder inside it)."""
+    if not resume:
+        return False
+    if resume == "latest":
+        return True
+    return Path(resume).resolve().is_relative_to(output_dir.resolve())
+
+
+def _claim(output_dir: Path, adopt: bool = False) -> str:
+    """The run id of ``output_dir``, writing :data:`RUN_MARKER` first if it has none (exclusive create: of
+    several processes starting together, one writes it and all read it). ``adopt``: the complete checkpoints
+    already in the folder become this run family's (a run resumed in a folder written before markers)."""
+    marker = output_dir / RUN_MARKER
+    if not marker.is_file():
+        adopted = [p.name for p in list_checkpoints(output_dir) if _is_checkpoint(p)] if adopt else []
+        content = {
+            "run_id": uuid.uuid4().hex,
+            "adopted_checkpoints": adopted,
+            "note": "Written by a DI3CL training run: this folder is the run's, later runs may replace its files.",
+        }
+        with contextlib.suppress(FileExistsError):
+            descriptor = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(json.dumps(content, indent=1) + "\n")
+    return str(_run_marker(output_dir).get("run_id", ""))
+
+
+def _run_marker(output_dir: str | os.PathLike) -> dict[str, Any]:
+    try:
+        content = json.loads((Path(output_dir) / RUN_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
 
 
 def run_precision(requested: str) -> tuple[str, str]:
@@ -231,7 +326,8 @@ def save_checkpoint(
     save_total_limit: int,
     summary: dict[str, Any] | None = None,
 ) -> Path:
-    """Save the full state atomically as ``checkpoints/checkpoint-<step>``, keeping the newest ``save_total_limit``.
+    """Save the full state atomically as ``checkpoints/checkpoint-<step>``, keeping the newest ``save_total_limit``
+    of this run family (the run id of ``output_dir``'s :data:`RUN_MARKER`, recorded in each checkpoint).
 
     All processes write into ``checkpoints/.tmp-checkpoint-<step>`` (``save_state``: weights, optimiser,
     scheduler, one RNG file per process); the main process adds ``state`` as ``training_state.json`` (and
@@ -242,6 +338,13 @@ def save_checkpoint(
     final = folder / f"{CHECKPOINT_PREFIX}{step}"
     tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{step}"
     if final.is_dir():
+        marker = _run_marker(output_dir)
+        if not _written_by_this_run(
+            final, str(marker.get("run_id", "")), marker.get("adopted_checkpoints", [])
+        ):
+            logger.warning(
+                "%s: not written by this run, left as it is (this step's state is not saved)", final
+            )
         return final
     if accelerator.is_local_main_process:
         folder.mkdir(parents=True, exist_ok=True)
@@ -254,6 +357,7 @@ def save_checkpoint(
             write_json(
                 tmp / TRAINING_STATE_NAME, {"global_step": step, **state}, durable=True, sort_keys=True
             )
+            write_json(tmp / CHECKPOINT_MARKER, {"run_id": _claim(Path(output_dir))})
             if summary is not None:
                 write_json(tmp / TRAINER_STATE_NAME, summary, durable=True, sort_keys=True)
         try:
@@ -266,8 +370,22 @@ def save_checkpoint(
     return final
 
 
+def _written_by_this_run(checkpoint: Path, run_id: str, adopted: list[str]) -> bool:
+    if checkpoint.name in adopted:
+        return True
+    try:
+        return (
+            bool(run_id) and json.loads((checkpoint / CHECKPOINT_MARKER).read_text()).get("run_id") == run_id
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _rotate(output_dir: str | os.PathLike, keep: int) -> None:
-    checkpoints = list_checkpoints(output_dir)
+    """Delete the oldest checkpoints of this run family beyond ``keep``; others' checkpoints are never touched."""
+    marker = _run_marker(output_dir)
+    run_id, adopted = str(marker.get("run_id", "")), list(marker.get("adopted_checkpoints", []))
+    checkpoints = [p for p in list_checkpoints(output_dir) if _written_by_this_run(p, run_id, adopted)]
     for old in checkpoints[: max(0, len(checkpoints) - keep)]:
         trash = old.with_name(f".deleting-{old.name}")
         with contextlib.suppress(OSError):
@@ -337,7 +455,9 @@ def load_checkpoint(accelerator: Any, path: str | os.PathLike) -> dict[str, Any]
 
 __all__ = [
     "CHECKPOINTS_DIRNAME",
+    "CHECKPOINT_MARKER",
     "CHECKPOINT_PREFIX",
+    "RUN_MARKER",
     "TRAINER_STATE_NAME",
     "TRAINING_STATE_NAME",
     "TrainingArguments",

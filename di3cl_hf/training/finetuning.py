@@ -514,7 +514,11 @@ def _optimizer(args: FinetuneArguments, model: nn.Module, network: nn.Module, de
 
 def _setup(args: FinetuneArguments) -> FinetuneRun:
     """Accelerator, data, model, optimiser; resumed from a checkpoint if asked."""
-    output_dir = check_output_dir(args.output_dir)
+    output_dir = check_output_dir(
+        args.output_dir,
+        overwrite_output_dir=args.overwrite_output_dir,
+        resume_from_checkpoint=args.resume_from_checkpoint,
+    )
     _, mixed_precision = run_precision(args.mixed_precision)
     log_with = trackers(args.report_to)
     accelerator = Accelerator(

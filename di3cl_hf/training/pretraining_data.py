@@ -29,8 +29,8 @@ from ..image_processing_di3cl import DI3CLImageProcessor
 from .augmentation import PretrainingTransform, TwoViewTransform
 from .boxes import PretrainingCollator
 
-if TYPE_CHECKING:  # annotations only: pretraining.py imports this module
-    from .pretraining import PretrainingArguments
+if TYPE_CHECKING:
+    from .pretraining_args import PretrainingArguments
 
 
 def _mix_seed(*values: int) -> int:
