@@ -456,33 +456,11 @@ def _phase(report: dict, key: str, started: float, budget_s: float, run: Callabl
     return outcome
 
 
-def main(
-    argv: Sequence[str] | None = None, cuda_available: Callable[[], bool] = torch.cuda.is_available
-) -> int:
-    args = parse_args(argv)
-    if args.device == "cuda" and not cuda_available():
-        message = "gpu_check: CUDA is not available on this machine"
-        if args.require_gpu:
-            print(f"{message} (--require-gpu): failing", file=sys.stderr)
-            return 2
-        print(f"{message}: skipped (nothing measured, nothing written)")
-        return 0
-    started = time.perf_counter()
-    device = torch.device(args.device)
-    precision = resolve_precision(args.precision, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    report = environment(device, precision)
-    report.update(
-        command=" ".join(
-            ["python", "benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        sizes=list(args.sizes),
-    )
-    print(
-        f"gpu_check on {report['device']}: precision {precision} ({report['precision_reason']})", flush=True
-    )
-
+def run_phases(
+    report: dict, args: argparse.Namespace, device: torch.device, precision: str, started: float
+) -> None:
+    """The GPU tests, pre-training at each size, the scene and the fine-tuning step, each recorded in ``report``
+    (a failing or skipped phase is recorded too, and the next ones still run)."""
     if not args.skip_tests:
         report["tests"] = _phase(report, "tests", started, args.budget_s, run_gpu_tests)
     report["pretraining"] = []
@@ -542,6 +520,36 @@ def main(
             )
 
         report["finetuning"] = _phase(report, "fine-tuning", started, args.budget_s, finetune)
+
+
+def main(
+    argv: Sequence[str] | None = None, cuda_available: Callable[[], bool] = torch.cuda.is_available
+) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not cuda_available():
+        message = "gpu_check: CUDA is not available on this machine"
+        if args.require_gpu:
+            print(f"{message} (--require-gpu): failing", file=sys.stderr)
+            return 2
+        print(f"{message}: skipped (nothing measured, nothing written)")
+        return 0
+    started = time.perf_counter()
+    device = torch.device(args.device)
+    precision = resolve_precision(args.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    report = environment(device, precision)
+    report.update(
+        command=" ".join(
+            ["python", "benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        sizes=list(args.sizes),
+    )
+    print(
+        f"gpu_check on {report['device']}: precision {precision} ({report['precision_reason']})", flush=True
+    )
+
+    run_phases(report, args, device, precision, started)
     report["wall_s"] = round(time.perf_counter() - started, 1)
     path = write_report(report, args.output_dir)
     print(markdown_table(report))

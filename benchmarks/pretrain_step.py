@@ -38,7 +38,10 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import timm
@@ -196,7 +199,38 @@ def main() -> None:
         run(args)
 
 
-def run(args: argparse.Namespace) -> None:  # one linear benchmark script (setup, phases, report): kept whole
+@dataclass
+class Bench:
+    """What the timed phases share: the setting, the samples, our prepared model and the reference."""
+
+    args: argparse.Namespace
+    config: DI3CLConfig
+    device: torch.device
+    precision: str
+    why: str
+    native: bool
+    modes: list
+    samples: list
+    collator: Any
+    our_batch: Callable[[], dict[str, torch.Tensor]]
+    our_step: Callable[[dict[str, torch.Tensor]], None]
+    reference_step: Callable[[], float]
+    python_boxes: Callable[[], Any]
+
+
+def run(args: argparse.Namespace) -> None:
+    """Set up, time the reference, ours interleaved with the ceiling, the reference again; print the report."""
+    bench = setup(args)
+    box_loop = [_seconds(bench.python_boxes) for _ in range(5)]
+    collate = [_seconds(lambda: bench.collator(bench.samples)) for _ in range(5)]
+    reference_times = phase(args, "reference", bench.reference_step)
+    probe, best_mode, ours_times, ceiling_times = time_ours_and_ceiling(bench)
+    reference_times += phase(args, "reference", bench.reference_step)
+    report(bench, reference_times, ours_times, ceiling_times, probe, best_mode, box_loop, collate)
+
+
+def setup(args: argparse.Namespace) -> Bench:
+    """The release-size model (ours, prepared by Accelerate) and the naive reference, on the same samples."""
     from accelerate import Accelerator
 
     torch.manual_seed(0)
@@ -219,7 +253,7 @@ def run(args: argparse.Namespace) -> None:  # one linear benchmark script (setup
     geometries1 = [s["geometry1"] for s in samples]
     geometries2 = [s["geometry2"] for s in samples]
 
-    def python_boxes(geometries1, geometries2):
+    def python_boxes():
         """The release's per-image Python box sampling (the reference of benchmarks/boxes.py)."""
         return reference_box_pairs(
             geometries1, geometries2, config.boxes_per_image, config.min_box_size, config.box_iou_threshold
@@ -246,7 +280,17 @@ def run(args: argparse.Namespace) -> None:  # one linear benchmark script (setup
         ours_optimizer.step()
         ours_optimizer.zero_grad(set_to_none=True)
 
-    # Reference.
+    reference_step = _reference_step(args, config, device, samples, python_boxes)
+    return Bench(
+        args, config, device, precision, why, native, modes, samples, collator, our_batch, our_step,
+        reference_step, python_boxes,
+    )  # fmt: skip
+
+
+def _reference_step(
+    args: argparse.Namespace, config: DI3CLConfig, device: torch.device, samples: list, python_boxes: Callable
+) -> Callable[[], float]:
+    """One timed step of the naive reference (fp32, contiguous, boxes in a Python loop)."""
     reference = ReferenceDI3CL(config).to(device).train()
     reference_optimizer = torch.optim.SGD(
         [p for p in reference.parameters() if p.requires_grad], lr=0.03 * args.batch_size / 256, momentum=0.9,
@@ -257,7 +301,7 @@ def run(args: argparse.Namespace) -> None:  # one linear benchmark script (setup
 
     def reference_step() -> float:
         start = time.perf_counter()
-        boxes_q, boxes_k = python_boxes(geometries1, geometries2)
+        boxes_q, boxes_k = python_boxes()
         loss = reference(views_q, views_k, boxes_q.to(device), boxes_k.to(device))
         loss.backward()
         reference_optimizer.step()
@@ -266,26 +310,30 @@ def run(args: argparse.Namespace) -> None:  # one linear benchmark script (setup
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    box_loop = []
-    for _ in range(5):
-        start = time.perf_counter()
-        python_boxes(geometries1, geometries2)
-        box_loop.append(time.perf_counter() - start)
-    collate = []
-    for _ in range(5):
-        start = time.perf_counter()
-        collator(samples)
-        collate.append(time.perf_counter() - start)
+    return reference_step
 
-    def phase(name: str, step) -> list[float]:
-        times = []
-        for iteration in range(args.warmup + args.iterations):
-            seconds = step()
-            print(f"  {name} step {iteration}: {seconds:.3f} s", flush=True)
-            if iteration >= args.warmup:
-                times.append(seconds)
-        return times
 
+def _seconds(step: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def phase(args: argparse.Namespace, name: str, step: Callable[[], float]) -> list[float]:
+    """``warmup + iterations`` calls of ``step`` (which returns its seconds); the times after the warm-up."""
+    times = []
+    for iteration in range(args.warmup + args.iterations):
+        seconds = step()
+        print(f"  {name} step {iteration}: {seconds:.3f} s", flush=True)
+        if iteration >= args.warmup:
+            times.append(seconds)
+    return times
+
+
+def time_ours_and_ceiling(bench: Bench) -> tuple[dict[str, float], str, list[float], list[float]]:
+    """The ceiling: every mode the machine runs natively, once, then the fastest interleaved step by step with
+    ours (ceiling, ours, ceiling, ours, ...) so that a drifting machine speed affects both alike."""
+    args, device = bench.args, bench.device
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def timed(step) -> tuple[float, int, float]:
@@ -299,23 +347,21 @@ def run(args: argparse.Namespace) -> None:  # one linear benchmark script (setup
         after = resource.getrusage(resource.RUSAGE_SELF)
         return seconds, after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime
 
-    reference_times = phase("reference", reference_step)
-    # The ceiling: every mode the machine runs natively, once, then the fastest interleaved step by step with
-    # ours (ceiling, ours, ceiling, ours, ...) so that a drifting machine speed affects both alike.
+    channels = bench.config.num_channels
     probe = training_ceiling(
-        args.backbone, config.num_channels, args.batch_size, args.image_size, device=device, modes=modes,
+        args.backbone, channels, args.batch_size, args.image_size, device=device, modes=bench.modes,
         warmup=args.warmup, iterations=1,
     )  # fmt: skip
     best_mode = min(probe, key=probe.get)
     ceiling_step = training_ceiling_step(
-        args.backbone, config.num_channels, args.batch_size, args.image_size, best_mode, device=device
+        args.backbone, channels, args.batch_size, args.image_size, best_mode, device=device
     )
     ours_times, ceiling_times = [], []
     with reuse_large_allocations(device.type == "cpu"):  # what the training loops run in
         for iteration in range(args.warmup + args.iterations):
             ceiling_seconds, _, _ = timed(ceiling_step)
-            batch = our_batch()
-            ours_seconds, faults, system = timed(lambda batch=batch: our_step(batch))
+            batch = bench.our_batch()
+            ours_seconds, faults, system = timed(lambda batch=batch: bench.our_step(batch))
             print(
                 f"  step {iteration}: ceiling ({best_mode}) {ceiling_seconds:.3f} s, ours {ours_seconds:.3f} s "
                 f"(ours: {faults} page faults, {system:.2f} s system CPU)",
@@ -324,15 +370,28 @@ def run(args: argparse.Namespace) -> None:  # one linear benchmark script (setup
             if iteration >= args.warmup:
                 ceiling_times.append(ceiling_seconds)
                 ours_times.append(ours_seconds)
-    reference_times += phase("reference", reference_step)
+    return probe, best_mode, ours_times, ceiling_times
 
+
+def report(
+    bench: Bench,
+    reference_times: list[float],
+    ours_times: list[float],
+    ceiling_times: list[float],
+    probe: dict[str, float],
+    best_mode: str,
+    box_loop: list[float],
+    collate: list[float],
+) -> None:
+    """The medians, the ratios and whether each target is met."""
+    args, config, precision = bench.args, bench.config, bench.precision
     t_reference, t_ours = statistics.median(reference_times), statistics.median(ours_times)
     t_ceiling = statistics.median(ceiling_times)
     simulated = (
         "  [SIMULATED: torch told the CPU has no AVX512_BF16/AMX]" if args.simulate_no_native_bf16 else ""
     )
     print(f"device: {device_name()}; torch {torch.__version__}{simulated}")
-    print(f"precision: {precision} ({args.precision}: {why})")
+    print(f"precision: {precision} ({args.precision}: {bench.why})")
     print(
         f"setting: {args.backbone}, {args.image_size} px, batch {args.batch_size}, {config.num_channels} channels, "
         f"queue {config.queue_size}, hidden {config.projection_hidden_dim}; medians of {args.iterations} steps "
@@ -350,7 +409,7 @@ def run(args: argparse.Namespace) -> None:  # one linear benchmark script (setup
         + f" -> best {best_mode}, interleaved with ours: {t_ceiling:.3f} s"
     )
     vs_reference, vs_ceiling = t_reference / t_ours, t_ceiling / t_ours
-    native_bf16_step = native and precision == "bf16"
+    native_bf16_step = bench.native and precision == "bf16"
     target_reference = 4.0 if native_bf16_step else 1.3
     print(
         f"ours vs naive fp32 reference: {vs_reference:.2f}x (target >= {target_reference:g}x: ours "

@@ -235,12 +235,9 @@ def scenes_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from bare_network import (
-        simulated_no_native_bf16,
-    )  # sibling (torch-heavy); the script folder is sys.path[0]
-
-    from di3cl_hf.runtime import PRECISIONS, cpu_description, native_bf16, resolve_precision
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--child`` and its file arguments are for the measuring subprocesses)."""
+    from di3cl_hf.runtime import PRECISIONS
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -277,7 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", choices=("predict", "reference", "ceiling"), help=argparse.SUPPRESS)
     parser.add_argument("--scene", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bare_network import (
+        simulated_no_native_bf16,
+    )  # sibling (torch-heavy); the script folder is sys.path[0]
+
+    from di3cl_hf.runtime import cpu_description, native_bf16, resolve_precision
+
+    args = parse_args(argv)
     with simulated_no_native_bf16(args.simulate_no_native_bf16):
         if args.child:
             child = {"predict": child_predict, "reference": child_reference, "ceiling": child_ceiling}[
@@ -300,57 +307,66 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# scene benchmark, {os.cpu_count()} CPUs, torch threads default")
     print(f"# model: DI3CL resnet18 + UperNet({args.decoder_width}), {args.num_labels} classes; tiles {args.tile_size} "
           f"px, overlap {args.overlap}, batch {args.batch_size}")  # fmt: skip
-    results = []
     try:
-        for size in args.sizes:
-            scene = workdir / f"scene-{size}.tif"
-            start = time.perf_counter()
-            generate_scene(scene, size)
-            print(
-                f"generated {size}x{size} scene ({scene.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - start:.1f} s",
-                flush=True,
-            )
-            # reference before and after the scene run (each in its own process), averaged: the
-            # load on a shared machine drifts over the minutes a big scene takes
-            # the ceiling likewise, outermost: ceiling, reference, predict_scene, reference, ceiling
-            ceiling_before = _run_child("ceiling", scene, workdir / "unused.tif", args)
-            before = _run_child("reference", scene, workdir / "unused.tif", args)
-            result = _run_child("predict", scene, workdir / f"classes-{size}.tif", args)
-            after = _run_child("reference", scene, workdir / "unused.tif", args)
-            ceiling_after = _run_child("ceiling", scene, workdir / "unused.tif", args)
-            reference = (before["seconds_per_tile"] + after["seconds_per_tile"]) / 2
-            modes = {
-                mode: (seconds + ceiling_after["modes"][mode]) / 2
-                for mode, seconds in ceiling_before["modes"].items()
-            }
-            best = min(modes, key=modes.get)
-            ceiling = {"mode": best, "modes": modes, "seconds_per_tile": modes[best]}
-            result.update(
-                reference_tiles=before["tiles"],
-                reference_seconds_per_tile=reference,
-                reference_spread=(before["seconds_per_tile"], after["seconds_per_tile"]),
-                reference_mpx_per_s=size * size / 1e6 / (reference * result["tiles"]),
-                ceiling_seconds_per_tile=ceiling["seconds_per_tile"],
-                ceiling_mode=ceiling["mode"],
-                ceiling_mpx_per_s=size * size / 1e6 / (ceiling["seconds_per_tile"] * result["tiles"]),
-            )
-            results.append(result)
-            print(
-                f"{size:>6}x{size:<6} tiles {result['tiles']:>5}  predict_scene {result['mpx_per_s']:.3f} Mpx/s "
-                f"({result['seconds']:.1f} s, {result['seconds_per_tile']:.3f} s/tile)  in-memory loop "
-                f"{result['reference_mpx_per_s']:.3f} Mpx/s ({reference:.3f} s/tile over {before['tiles']} tiles; "
-                f"before {before['seconds_per_tile']:.3f}, after {after['seconds_per_tile']:.3f})  peak RSS "
-                f"{result['peak_rss_mb']:.0f} MiB (model loaded: {result['rss_after_model_mb']:.0f} MiB)  "
-                f"{result['autocast']}; ceiling {result['ceiling_mpx_per_s']:.3f} Mpx/s "
-                f"({ceiling['seconds_per_tile']:.3f} s/tile, {ceiling['mode']}; "
-                + ", ".join(f"{mode} {seconds:.3f}" for mode, seconds in ceiling["modes"].items())
-                + ")",
-                flush=True,
-            )
-            scene.unlink()
+        results = [bench_size(size, workdir, args) for size in args.sizes]
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+    print_targets(results)
+    return 0
+
+
+def bench_size(size: int, workdir: Path, args: argparse.Namespace) -> dict:
+    """One square scene of ``size`` px: ceiling, reference, predict_scene, reference, ceiling (each its own process)."""
+    scene = workdir / f"scene-{size}.tif"
+    start = time.perf_counter()
+    generate_scene(scene, size)
+    print(
+        f"generated {size}x{size} scene ({scene.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
+    # reference before and after the scene run (each in its own process), averaged: the
+    # load on a shared machine drifts over the minutes a big scene takes
+    # the ceiling likewise, outermost: ceiling, reference, predict_scene, reference, ceiling
+    ceiling_before = _run_child("ceiling", scene, workdir / "unused.tif", args)
+    before = _run_child("reference", scene, workdir / "unused.tif", args)
+    result = _run_child("predict", scene, workdir / f"classes-{size}.tif", args)
+    after = _run_child("reference", scene, workdir / "unused.tif", args)
+    ceiling_after = _run_child("ceiling", scene, workdir / "unused.tif", args)
+    reference = (before["seconds_per_tile"] + after["seconds_per_tile"]) / 2
+    modes = {
+        mode: (seconds + ceiling_after["modes"][mode]) / 2
+        for mode, seconds in ceiling_before["modes"].items()
+    }
+    best = min(modes, key=modes.get)
+    ceiling = {"mode": best, "modes": modes, "seconds_per_tile": modes[best]}
+    result.update(
+        reference_tiles=before["tiles"],
+        reference_seconds_per_tile=reference,
+        reference_spread=(before["seconds_per_tile"], after["seconds_per_tile"]),
+        reference_mpx_per_s=size * size / 1e6 / (reference * result["tiles"]),
+        ceiling_seconds_per_tile=ceiling["seconds_per_tile"],
+        ceiling_mode=ceiling["mode"],
+        ceiling_mpx_per_s=size * size / 1e6 / (ceiling["seconds_per_tile"] * result["tiles"]),
+    )
+    print(
+        f"{size:>6}x{size:<6} tiles {result['tiles']:>5}  predict_scene {result['mpx_per_s']:.3f} Mpx/s "
+        f"({result['seconds']:.1f} s, {result['seconds_per_tile']:.3f} s/tile)  in-memory loop "
+        f"{result['reference_mpx_per_s']:.3f} Mpx/s ({reference:.3f} s/tile over {before['tiles']} tiles; "
+        f"before {before['seconds_per_tile']:.3f}, after {after['seconds_per_tile']:.3f})  peak RSS "
+        f"{result['peak_rss_mb']:.0f} MiB (model loaded: {result['rss_after_model_mb']:.0f} MiB)  "
+        f"{result['autocast']}; ceiling {result['ceiling_mpx_per_s']:.3f} Mpx/s "
+        f"({ceiling['seconds_per_tile']:.3f} s/tile, {ceiling['mode']}; "
+        + ", ".join(f"{mode} {seconds:.3f}" for mode, seconds in ceiling["modes"].items())
+        + ")",
+        flush=True,
+    )
+    scene.unlink()
+    return result
+
+
+def print_targets(results: list[dict]) -> None:
+    """Peak memory of the largest vs the smallest scene; throughput vs the in-memory loop and the ceiling."""
     smallest, largest = results[0], results[-1]
     memory_ratio = largest["peak_rss_mb"] / smallest["peak_rss_mb"]
     print(
@@ -368,7 +384,6 @@ def main(argv: list[str] | None = None) -> int:
             f"throughput {result['size']}: predict_scene vs bare-network ceiling ({result['ceiling_mode']}) = "
             f"{vs_ceiling:.2f}x (target >= 0.9x) {'PASS' if vs_ceiling >= 0.9 else 'FAIL'}"
         )
-    return 0
 
 
 if __name__ == "__main__":

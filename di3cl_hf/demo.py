@@ -1,19 +1,27 @@
 """The main job, end to end, on real Sentinel-1 first: ``make demo`` (or ``python -m di3cl_hf.demo``).
 
+It builds on the model shipped inside the package (:data:`di3cl_hf.weights.DEFAULT_WATER_MODEL`: ResNet-18 +
+UperNet, VV + VH, fine-tuned on real Sentinel-1 flood tiles; its card says on which and how well):
+
 1. cut the embedded real Sentinel-1 VH scenes (``samples/sentinel1/scenes``, 9 x 1024² px) into 256² tiles
    (georeferenced, :func:`tile_scenes`), and generate the synthetic land-cover and road sets;
-2. pre-train DI3CL (ResNet-18, one channel: VH) on the real tiles with Accelerate; the processor's
-   ``image_mean`` / ``image_std`` are measured on them first (:mod:`di3cl_hf.training.statistics`);
-3. fine-tune the water head on four of the five real labelled chips (``samples/sentinel1/water``) and score it on
-   the fifth, never trained on, from the DI3CL encoder and from random initialisation;
-4. fine-tune land cover and roads on SYNTHETIC data (no real labels here), DI3CL vs random, 10 % of labels;
-5. predict a whole real Sentinel-1 scene with the real-data water model into a georeferenced GeoTIFF;
+2. *continue* DI3CL pre-training (one channel: VH) from the shipped model's encoder on the real tiles with
+   Accelerate (its encoder is read with ``AutoModel`` from the shipped folder; the first convolution's two input
+   channels are summed into one); the processor's ``image_mean`` / ``image_std`` are measured on the tiles first;
+3. fine-tune the water head on four of the five real labelled chips (``samples/sentinel1/water``, VV + VH in dB)
+   and score it on the fifth, never trained on, from the shipped encoder and from random initialisation; the
+   shipped model itself, not fine-tuned, is scored on the same chip;
+4. fine-tune land cover and roads on SYNTHETIC data (no real labels here), from the continued pre-training vs
+   random, 10 % of labels;
+5. predict the held-out real VV + VH chip (its two polarisation files) with the shipped model into a
+   georeferenced GeoTIFF;
 6. print one table with a ``data`` column (real / synthetic) per row, and where everything is.
 
-Channels: the pre-training scenes are single-band VH, the water chips dual-pol VV + VH in dB. Every model here
-takes one channel, VH: the water chips are read as their VH band only, so DI3CL and random initialisation see the
-same input. Radiometry differs between the two real sources: the scenes are 8-bit quick-looks (``dn8``, mapped
-linearly onto the processor's dB range), the chips calibrated dB; the scene prediction is therefore illustrative.
+Channels: the pre-training scenes are single-band VH, the water chips dual-pol VV + VH in dB; the water models
+take both (VV, VH), the pre-training and synthetic models one. Radiometry differs between the real sources: the
+shipped model was trained on 8-bit tiles (``dn8``, 0..255 mapped linearly onto its processor's dB range), the
+chips are calibrated float32 dB, clipped to the same range and scaled the same way; an 8-bit product's own
+scaling need not be that linear map, so the shipped model's score on the chip is a transfer across radiometry.
 """
 
 from __future__ import annotations
@@ -35,18 +43,21 @@ import torch
 import transformers
 from affine import Affine
 from rasterio.windows import Window
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
+from transformers import AutoModel
 
 from .atomic import write_json
 from .data.samples import sentinel1_sample
 from .data.synthetic import generate_segmentation_sets
 from .inference.scene import predict_scene
-from .loading import load_model_and_processor
+from .loading import find_encoder, load_model_and_processor
 from .runtime import cpu_model, default_device, resolve_precision
 from .training.evaluation import EvaluationGridArguments, run_evaluation_grid
 from .training.finetuning import FinetuneArguments, finetune
 from .training.pretraining import PretrainingArguments
 from .training.pretraining import main as pretrain
+from .weights import shipped_model_path
 
 SYNTHETIC_TASKS = ("landcover", "roads")
 WATER_HELD_OUT = "Spain_7370579"
@@ -166,18 +177,23 @@ def tile_scenes(
     return written
 
 
-def water_fold(water_dir: Path, held_out: str, root: Path, band: str = "vh") -> Path:
-    """``root/{train,test}/{images,masks}``: the VH band of each real chip (symlinks), ``held_out`` in test."""
+def water_fold(water_dir: Path, held_out: str, root: Path, band: str | tuple[str, ...] = "vh") -> Path:
+    """``root/{train,test}/{images,masks}``: each real chip (symlinks), ``held_out`` in test. One ``band``
+    (default VH): ``images/{chip}.tif``; several (``("vv", "vh")``): one file per polarisation,
+    ``images/{chip}_vv.tif`` + ``_vh.tif``, read as one dual-pol sample."""
     chips = sorted(path.stem for path in (water_dir / "masks").glob("*.tif"))
     if held_out not in chips:
         raise ValueError(f"{water_dir}: no chip {held_out!r} (chips: {chips})")
+    bands = (band,) if isinstance(band, str) else tuple(band)
     for chip in chips:
         split = "test" if chip == held_out else "train"
-        for kind, source in (
-            ("images", water_dir / "images" / f"{chip}_{band}.tif"),
-            ("masks", water_dir / "masks" / f"{chip}.tif"),
-        ):
-            target = root / split / kind / f"{chip}.tif"
+        links = {
+            (f"images/{chip}.tif" if len(bands) == 1 else f"images/{chip}_{b}.tif"): f"images/{chip}_{b}.tif"
+            for b in bands
+        }
+        links[f"masks/{chip}.tif"] = f"masks/{chip}.tif"
+        for name, relative in links.items():
+            source, target = water_dir / relative, root / split / name
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.is_symlink() or target.exists():
                 target.unlink()
@@ -211,11 +227,27 @@ def _water_scores(scores: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _pretrain(data_dir: Path, output_dir: Path, budget: DemoBudget, seed: int, num_workers: int) -> Path:
+def shipped_encoder_file(shipped: Path, path: Path) -> Path:
+    """The shipped model's encoder, read with ``AutoModel`` from its folder (a :class:`DI3CLModel`, fp32), as a
+    timm-named safetensors file: the initialisation of the continued pre-training (``imagenet_weights``, which
+    adapts the first convolution to one channel). A derived file in the demo's output, not a second copy shipped."""
+    encoder = AutoModel.from_pretrained(shipped)
+    state = {
+        key: value.detach().float().contiguous() for key, value in find_encoder(encoder).state_dict().items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"format": "pt", "source": f"encoder of {shipped.name}"})
+    return path
 
+
+def _pretrain(
+    data_dir: Path, output_dir: Path, budget: DemoBudget, seed: int, num_workers: int, init: Path
+) -> Path:
+    """Continued pre-training from the encoder file ``init`` (:func:`shipped_encoder_file`)."""
     code = pretrain(
         PretrainingArguments(
             data_dir=str(data_dir),
+            imagenet_weights=str(init),  # any local timm-named ResNet file: here the shipped encoder
             backbone="resnet18",
             num_channels=1,
             image_size=budget.view_size,
@@ -241,19 +273,20 @@ def _pretrain(data_dir: Path, output_dir: Path, budget: DemoBudget, seed: int, n
     return output_dir / "encoder"
 
 
-def _finetune_water(fold: Path, encoder_dir: Path, output_dir: Path, budget: DemoBudget, seed: int) -> dict:
-    """DI3CL and random initialisation on the real water chips; returns ``{init: water scores}``."""
+def _finetune_water(fold: Path, shipped: Path, output_dir: Path, budget: DemoBudget, seed: int) -> dict:
+    """The shipped encoder and random initialisation on the real VV + VH water chips; returns
+    ``{"shipped" | "random": water scores}``."""
 
     scores: dict[str, dict[str, float]] = {}
-    for init in tqdm(("di3cl", "random"), desc="fine-tune water (real chips)"):
+    for init in tqdm(("shipped", "random"), desc="fine-tune water (real chips, VV + VH)"):
         results = finetune(
             FinetuneArguments(
                 data_dir=str(fold),
                 task="water",
-                init=init,
-                model_name_or_path=str(encoder_dir) if init == "di3cl" else None,
+                init="di3cl" if init == "shipped" else "random",
+                model_name_or_path=str(shipped) if init == "shipped" else None,
                 backbone="resnet18",
-                num_channels=1,
+                num_channels=2,
                 crop_size=budget.water_crop,
                 batch_size=budget.water_batch,
                 eval_batch_size=1,
@@ -297,36 +330,50 @@ def _finetune_synthetic(
     )
 
 
-def results_table(water: dict, synthetic: dict) -> str:
-    """The closing table: one row per (task, metric), a ``data`` column saying real or synthetic."""
+REAL = "real (Sentinel-1 VV + VH)"
+"""The ``data`` cell of the real rows."""
 
-    def cell(value: float) -> str:
-        return "–" if not np.isfinite(value) else f"{100 * value:.1f}"
+
+def results_table(water: dict, synthetic: dict, shipped: dict | None = None) -> str:
+    """The closing table: one row per (task, metric), a ``data`` column saying real or synthetic and an
+    ``initialised from`` column naming the pre-trained encoder of the row; ``shipped``: the shipped model's own
+    scores on the held-out chip (no fine-tuning)."""
+
+    def cell(value: float | None) -> str:
+        return "–" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
 
     lines = [
-        "| task | data | test set | metric | DI3CL | random init |",
-        "|---|---|---|---|---:|---:|",
+        "| task | data | test set | metric | initialised from | pre-trained | random init |",
+        "|---|---|---|---|---|---:|---:|",
     ]
+    test_set = f"held-out chip {WATER_HELD_OUT}"
     for metric in ("water IoU", "water F1"):
         lines.append(
-            f"| water | real (Sentinel-1) | held-out chip {WATER_HELD_OUT} | {metric} | "
-            f"{cell(water['di3cl'][metric])} | {cell(water['random'][metric])} |"
+            f"| water | {REAL} | {test_set} | {metric} | shipped encoder (4 chips fine-tuned) | "
+            f"{cell(water['shipped'][metric])} | {cell(water['random'][metric])} |"
+        )
+    for metric in ("water IoU", "water F1") if shipped else ():
+        lines.append(
+            f"| water | {REAL} | {test_set} | {metric} | shipped model as is (no fine-tuning) | "
+            f"{cell(shipped[metric])} | – |"
         )
     for task, by_init in synthetic["results"].items():
         for metric, key in (("mIoU", "miou"), ("mean F1", "mean_f1")):
             values = [float(by_init[init]["0.1"][key]) for init in ("di3cl", "random")]
             lines.append(
-                f"| {task} | synthetic | synthetic test split | {metric} | {cell(values[0])} | {cell(values[1])} |"
+                f"| {task} | synthetic | synthetic test split | {metric} | continued pre-training (VH) | "
+                f"{cell(values[0])} | {cell(values[1])} |"
             )
     return "\n".join(lines)
 
 
 def _collect_models(output_dir: Path, evaluation_dir: Path, seed: int) -> Path:
-    """``output_dir/models/{water,landcover,roads}``: the DI3CL-initialised task models, without checkpoints."""
+    """``output_dir/models/{water,landcover,roads}``: the pre-trained-initialised task models (water: from the
+    shipped encoder, on the 4 chips), without checkpoints."""
     models_dir = output_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(
-        output_dir / "water" / "di3cl",
+        output_dir / "water" / "shipped",
         models_dir / "water",
         ignore=shutil.ignore_patterns("checkpoints", "logs"),
     )
@@ -341,21 +388,23 @@ def _collect_models(output_dir: Path, evaluation_dir: Path, seed: int) -> Path:
 def _report(
     output_dir: Path,
     layout: dict[str, Path],
-    water: dict,
-    synthetic: dict,
+    results: dict[str, Any],
     timings: dict[str, float],
     seconds: float,
     precision: str,
-    num_tiles: int,
     budget: DemoBudget,
 ) -> None:
     """The closing summary a person reads, and ``summary.json`` (atomic)."""
+    water, synthetic, shipped = results["water"], results["synthetic"], results["shipped"]
     print("\n=== Results (one seed; test pixels never trained on)\n")
-    print(results_table(water, synthetic))
+    print(results_table(water, synthetic, shipped))
     print(
-        f"\nReal rows: Sentinel-1 VH, pre-trained on {num_tiles} real tiles, water trained on 4 real chips "
-        f"({budget.water_steps} steps) and scored on {WATER_HELD_OUT}. Synthetic rows: generated SAR, a pipeline "
-        "check, not a measure of DI3CL on real data."
+        f"\nReal rows (data = real): Sentinel-1 VV + VH chips in dB; water fine-tuned on 4 real chips "
+        f"({budget.water_steps} steps) from the shipped model's encoder ({layout['shipped'].name}) or from random "
+        f"weights, and scored on {WATER_HELD_OUT}; the shipped model as is was trained on other real data (its card) "
+        "in another radiometry (8-bit tiles), so its row is a transfer. Synthetic rows: generated SAR, from the "
+        f"continued pre-training on {results['real_tiles']} real VH tiles; a pipeline check, not a measure of DI3CL "
+        "on real data."
     )
     print(
         f"\nTime: {seconds / 60:.1f} min on {os.cpu_count()} CPU core(s) ({cpu_model()}, "
@@ -364,33 +413,75 @@ def _report(
     )
     data_dir, models_dir = layout["data"], layout["models"]
     print("\nWhere everything is:")
-    print(f"  real tiles, chips        {data_dir}/s1-vh-tiles, {data_dir}/s1-water-vh")
+    print(f"  shipped model            {layout['shipped']}  (card: README.md there)")
+    print(f"  real tiles, chips        {data_dir}/s1-vh-tiles, {data_dir}/s1-water-vv-vh")
     print(
-        f"  pre-trained encoder      {layout['encoder']}  (DI3CLModel + processor with measured mean/std + card)"
+        f"  continued pre-training   {layout['encoder']}  (DI3CLModel + processor with measured mean/std + card)"
     )
     print(
-        f"  task models              {models_dir}/water (real data), {models_dir}/{{landcover,roads}} (synthetic)"
+        f"  task models              {models_dir}/water (real data, VV + VH), {models_dir}/{{landcover,roads}} "
+        "(synthetic)"
     )
     print(f"  synthetic evaluation     {layout['evaluation']}/evaluation.md")
-    print("\nOpen the Space on these models:")
+    print("\nOpen the Space (water: the shipped model; land cover / roads: these):")
     print(
-        f"  DI3CL_MODEL_DIR={models_dir} .venv/bin/python space/app.py   # then browse http://127.0.0.1:7860"
+        f"  DI3CL_MODEL_DIR={models_dir} DI3CL_MODEL_WATER={layout['shipped']} .venv/bin/python space/app.py"
+        "   # then browse http://127.0.0.1:7860"
     )
     summary = {
         "water": {"data": "real", "held_out_chip": WATER_HELD_OUT, "scores": water},
+        "shipped": {
+            "data": "real",
+            "held_out_chip": WATER_HELD_OUT,
+            "model": str(layout["shipped"]),
+            **shipped,
+        },
         "synthetic": {"data": "synthetic", "results": synthetic["results"]},
         "seconds": seconds,
         "timings": timings,
         "precision": precision,
         "budget": budget.name,
         "cpu": cpu_model(),
-        "real_tiles": num_tiles,
+        "real_tiles": results["real_tiles"],
     }
     write_json(output_dir / "summary.json", summary, indent=1, default=float)
 
 
+def predict_chip(shipped: Path, chip_files: list[Path], mask_path: Path, output: Path) -> dict[str, Any]:
+    """Predict the real VV + VH chip (its two polarisation files) with the shipped model into a georeferenced
+    GeoTIFF and score it against the chip's labels (values other than 0 / 1 ignored)."""
+    model, processor = load_model_and_processor(shipped, task="segmentation")
+    predict_scene(
+        model.to(torch.float32), chip_files, output, processor, tile_size=256, overlap=32, progress=False
+    )
+    with rasterio.open(output) as predicted, rasterio.open(mask_path) as labels:
+        classes, truth = predicted.read(1), labels.read(1).astype(np.int64)
+    scored = np.isin(truth, (0, 1)) & (classes != 255)
+    confusion = np.zeros((2, 2), dtype=np.int64)
+    np.add.at(confusion, (truth[scored], classes[scored].astype(np.int64)), 1)
+    low, high = processor.db_range
+    return {
+        **_water_scores({"confusion_matrix": confusion}),
+        "water_fraction": float((classes[classes != 255] == 1).mean()),
+        "prediction": str(output),
+        "radiometry": f"float32 dB clipped to [{low:g}, {high:g}] dB (the shipped model was trained on 8-bit tiles)",
+    }
+
+
 # Written first into every demo output folder: only folders holding it are ever replaced.
 DEMO_MARKER = ".di3cl-demo"
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse a file or a non-empty folder the demo did not write (see :func:`prepare_output_dir`); changes nothing."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"--output-dir {output_dir} is a file; choose a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / DEMO_MARKER).is_file():
+        raise FileExistsError(
+            f"--output-dir {output_dir} is not empty and was not written by the demo (no {DEMO_MARKER} file); "
+            "nothing was changed. Choose a new or empty folder (or delete it yourself, e.g. a demo output of a "
+            "version before this check)."
+        )
 
 
 def prepare_output_dir(output_dir: Path) -> None:
@@ -400,58 +491,87 @@ def prepare_output_dir(output_dir: Path) -> None:
     replaced, and this is printed: re-running ``make demo`` gives fresh results. Any other non-empty folder, or a
     file, is refused before any work, so that ``--output-dir ~`` or a folder of the user's data is never deleted.
     """
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"--output-dir {output_dir} is a file; choose a folder")
+    check_output_dir(output_dir)
     if output_dir.is_dir() and any(output_dir.iterdir()):
-        if not (output_dir / DEMO_MARKER).is_file():
-            raise FileExistsError(
-                f"--output-dir {output_dir} is not empty and was not written by the demo (no {DEMO_MARKER} file); "
-                "nothing was changed. Choose a new or empty folder (or delete it yourself, e.g. a demo output of a "
-                "version before this check)."
-            )
         print(f"Replacing the previous demo run in {output_dir}")
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / DEMO_MARKER).write_text("Written by python -m di3cl_hf.demo; replaced by its next run.\n")
 
 
-def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 1) -> dict:
-    """Run the demo into ``output_dir`` (see :func:`prepare_output_dir`: only an empty folder or an earlier demo
-    run's is used); returns ``{"water", "synthetic", "seconds", ...}``."""
-
-    prepare_output_dir(output_dir)
-    _quiet_libraries()
-    data_dir = output_dir / "data"
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    t0 = _step("1/5 data: real Sentinel-1 VH scenes cut into 256² tiles; synthetic land cover + roads")
+def _prepare_data(data_dir: Path, water_dir: Path, budget: DemoBudget, seed: int) -> tuple[list[Path], Path]:
+    """The real VH tiles, the VV + VH water fold and the synthetic sets; returns ``(tiles, fold)``."""
     scenes = sentinel1_sample("scenes")
     tiles = tile_scenes(scenes, data_dir / "s1-vh-tiles", 256, limit=budget.scenes)
-    fold = water_fold(sentinel1_sample("water"), WATER_HELD_OUT, data_dir / "s1-water-vh")
+    fold = water_fold(water_dir, WATER_HELD_OUT, data_dir / "s1-water-vv-vh", band=("vv", "vh"))
     generate_segmentation_sets(
         data_dir / "synthetic-segmentation",
         budget.segmentation_patches,
         size=budget.patch_size,
         seed=seed + 1,
     )
-    print(f"{len(tiles)} real tiles from {scenes}; water: 4 real chips to train, {WATER_HELD_OUT} to test")
+    print(
+        f"{len(tiles)} real tiles from {scenes}; water: 4 real VV + VH chips to train, {WATER_HELD_OUT} to test"
+    )
+    return tiles, fold
+
+
+def _predict_held_out_chip(shipped: Path, water_dir: Path, output_dir: Path) -> tuple[dict, Path, list[Path]]:
+    """The shipped model as it is on the held-out real VV + VH chip: scores, the map's path, the chip's files."""
+    chip_files = [water_dir / "images" / f"{WATER_HELD_OUT}_{band}.tif" for band in ("vv", "vh")]
+    prediction_path = output_dir / f"s1-{WATER_HELD_OUT}-water-shipped.tif"
+    scores = predict_chip(shipped, chip_files, water_dir / "masks" / f"{WATER_HELD_OUT}.tif", prediction_path)
+    print(
+        f"Chip {WATER_HELD_OUT}: {100 * scores['water_fraction']:.1f} % predicted water by the shipped model; "
+        f"input {scores['radiometry']}: a transfer across radiometry. Map in {prediction_path} "
+        f"(georeferenced like {chip_files[0].name})"
+    )
+    return scores, prediction_path, chip_files
+
+
+def run(
+    output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 1, shipped: Path | None = None
+) -> dict:
+    """Run the demo into ``output_dir`` (see :func:`prepare_output_dir`: only an empty folder or an earlier demo
+    run's is used); returns ``{"water", "shipped", "synthetic", "seconds", ...}``. ``shipped``: the model folder to
+    build on (default: the one shipped in the package, :func:`~di3cl_hf.weights.shipped_model_path`)."""
+
+    check_output_dir(output_dir)  # refusals first, then the shipped model (missing: one clear error) ...
+    shipped = Path(shipped) if shipped is not None else shipped_model_path()
+    if not (shipped / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--shipped-model {shipped}: no config.json (a shipped model folder is expected)"
+        )
+    prepare_output_dir(output_dir)  # ... and only then an earlier demo run is replaced
+    _quiet_libraries()
+    data_dir = output_dir / "data"
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    t0 = _step("1/5 data: real Sentinel-1 VH scenes cut into 256² tiles; synthetic land cover + roads")
+    water_dir = sentinel1_sample("water")
+    tiles, fold = _prepare_data(data_dir, water_dir, budget, seed)
     timings["data"] = time.perf_counter() - t0
 
     precision = resolve_precision("auto", default_device(), log=False)
     print(
-        f"budget: {budget.name} ({budget.pretrain_steps} pre-training steps of {budget.pretrain_batch}, "
-        f"water {budget.water_steps} steps at {budget.water_crop} px, synthetic {budget.finetune_steps} steps)"
+        f"shipped model: {shipped}\nbudget: {budget.name} ({budget.pretrain_steps} pre-training steps of "
+        f"{budget.pretrain_batch}, water {budget.water_steps} steps at {budget.water_crop} px, synthetic "
+        f"{budget.finetune_steps} steps)"
     )
-    t0 = _step(f"2/5 pre-training DI3CL ResNet-18 on the real VH tiles (1 channel, {precision})")
-    pretrain_dir = output_dir / "pretrain"
-    encoder_dir = _pretrain(data_dir / "s1-vh-tiles", pretrain_dir, budget, seed, num_workers)
+    t0 = _step(
+        f"2/5 continued DI3CL pre-training from the shipped encoder on the real VH tiles (1 channel, {precision})"
+    )
+    init = shipped_encoder_file(shipped, data_dir / f"{shipped.name}-encoder.safetensors")
+    encoder_dir = _pretrain(
+        data_dir / "s1-vh-tiles", output_dir / "pretrain", budget, seed, num_workers, init
+    )
     timings["pre-training"] = time.perf_counter() - t0
 
     t0 = _step(
-        f"3/5 fine-tuning water on 4 real chips (VH), testing on {WATER_HELD_OUT}: DI3CL vs random init"
+        f"3/5 fine-tuning water on 4 real chips (VV + VH), testing on {WATER_HELD_OUT}: shipped encoder vs random"
     )
-    water = _finetune_water(fold, encoder_dir, output_dir / "water", budget, seed)
+    water = _finetune_water(fold, shipped, output_dir / "water", budget, seed)
     timings["water"] = time.perf_counter() - t0
 
     t0 = _step("4/5 fine-tuning land cover / roads on SYNTHETIC data (no real labels), 10 % of labels")
@@ -462,33 +582,28 @@ def run(output_dir: Path, budget: DemoBudget, seed: int = 0, num_workers: int = 
     models_dir = _collect_models(output_dir, evaluation_dir, seed)
     timings["synthetic fine-tuning"] = time.perf_counter() - t0
 
-    scene = sorted(scenes.glob("*.tif"))[0]
-    t0 = _step(f"5/5 predicting the whole real scene {scene.name} with the real-data water model")
-    model, processor = load_model_and_processor(models_dir / "water", task="segmentation")
-    prediction_path = output_dir / f"s1-{scene.stem}-water.tif"
-    predict_scene(
-        model.to(torch.float32), scene, prediction_path, processor, tile_size=256, overlap=32, progress=True
+    t0 = _step(
+        f"5/5 predicting the real VV + VH chip {WATER_HELD_OUT} with the shipped model (not fine-tuned)"
     )
-    timings["scene prediction"] = time.perf_counter() - t0
+    shipped_scores, prediction_path, chip_files = _predict_held_out_chip(shipped, water_dir, output_dir)
+    timings["chip prediction"] = time.perf_counter() - t0
     seconds = time.perf_counter() - started
 
-    with rasterio.open(prediction_path) as predicted:
-        water_fraction = float((predicted.read(1) == 1).mean())
-    layout = {"data": data_dir, "encoder": encoder_dir, "models": models_dir, "evaluation": evaluation_dir}
-    _report(output_dir, layout, water, synthetic, timings, seconds, precision, len(tiles), budget)
-    print(
-        f"Scene {scene.name}: {100 * water_fraction:.1f} % predicted water (8-bit quick-look radiometry, "
-        "unlike the dB chips the model was trained on: illustrative); map in "
-        f"{prediction_path} (georeferenced like {scene})"
-    )
+    layout = {
+        "data": data_dir,
+        "encoder": encoder_dir,
+        "models": models_dir,
+        "evaluation": evaluation_dir,
+        "shipped": shipped,
+    }
+    results = {"water": water, "synthetic": synthetic, "shipped": shipped_scores, "real_tiles": len(tiles)}
+    _report(output_dir, layout, results, timings, seconds, precision, budget)
     return {
-        "water": water,
-        "synthetic": synthetic,
+        **results,
         "seconds": seconds,
         "timings": timings,
         "prediction": str(prediction_path),
-        "scene": str(scene),
-        "water_fraction": water_fraction,
+        "chip": [str(path) for path in chip_files],
     }
 
 
@@ -512,10 +627,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers during pre-training.")
+    parser.add_argument(
+        "--shipped-model",
+        default=None,
+        help="Model folder to build on instead of the one shipped in the package (di3cl_hf/weights/...).",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     budget = choose_budget("quick" if args.quick else args.budget)
-    run(Path(args.output_dir), budget, seed=args.seed, num_workers=args.num_workers)
+    shipped = Path(args.shipped_model) if args.shipped_model else None
+    run(Path(args.output_dir), budget, seed=args.seed, num_workers=args.num_workers, shipped=shipped)
     return 0
 
 
@@ -529,11 +650,14 @@ __all__ = [
     "FULL_FP32",
     "QUICK",
     "DemoBudget",
+    "check_output_dir",
     "choose_budget",
     "main",
     "prepare_output_dir",
+    "predict_chip",
     "results_table",
     "run",
+    "shipped_encoder_file",
     "tile_scenes",
     "water_fold",
 ]

@@ -1,14 +1,19 @@
-"""Building blocks of DI3CL: projection heads, losses, the negative-key queue and conv1 channel adaptation.
+"""Building blocks of DI3CL: projection heads, losses, the negative-key queue, conv1 channel adaptation and the
+linear probe of a frozen encoder.
 
 Small, config-free modules and functions; tensor shapes are given in the docstrings. Imported relatively by
-``modeling_di3cl.py`` (and therefore shipped with remote code): only torch / timm imports here.
+``modeling_di3cl.py`` (and therefore shipped with remote code): only torch / timm imports here, and
+transformers' output classes.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_outputs import SemanticSegmenterOutput
 
 
 class BatchNormWithSingleValueFallback(nn.BatchNorm1d):
@@ -246,11 +251,47 @@ def check_pretraining_inputs(
     return query_boxes, key_boxes
 
 
+class LinearProbeHead(nn.Module):
+    """BatchNorm + 1x1 convolution on the deepest encoder features, upsampled bilinearly: the linear
+    probe of the frozen encoder. Shapes: ``[B, C4, h, w] -> [B, num_labels, h, w]``."""
+
+    def __init__(self, in_channels: int, num_labels: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_channels, affine=False)
+        self.classifier = nn.Conv2d(in_channels, num_labels, kernel_size=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(features))
+
+
+class LinearProbeModel(nn.Module):
+    """A frozen DI3CL segmentation model's encoder (``model.base_model``) + :class:`LinearProbeHead`, returning
+    ``SemanticSegmenterOutput`` with logits at the input size (cross-entropy with ``labels``, ignoring
+    ``config.semantic_loss_ignore_index``)."""
+
+    def __init__(self, model: nn.Module, head: LinearProbeHead) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+        self.ignore_index = model.config.semantic_loss_ignore_index
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
+        with torch.no_grad():
+            features = self.model.base_model(pixel_values=pixel_values).last_hidden_state
+        logits = F.interpolate(self.head(features.float()), size=pixel_values.shape[-2:], mode="bilinear")
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_index)
+        return SemanticSegmenterOutput(loss=loss, logits=logits)
+
+
 __all__ = [
     "check_pixel_values",
     "check_pretraining_inputs",
     "BatchNorm2dWithSingleValueFallback",
     "BatchNormWithSingleValueFallback",
+    "LinearProbeHead",
+    "LinearProbeModel",
     "NO_SAMPLE",
     "ProjectionHead",
     "adapt_input_conv_weight",

@@ -208,6 +208,14 @@ class DI3CLModel(DI3CLPreTrainedModel):
     and, with `output_hidden_states=True`, the five stage maps (stem, stage1..stage4).
     """
 
+    # the task heads of a fine-tuned folder: `AutoModel.from_pretrained(<segmentation folder>)` is its encoder
+    _keys_to_ignore_on_load_unexpected = [
+        *DI3CLPreTrainedModel._keys_to_ignore_on_load_unexpected,
+        r"decode_head\.",
+        r"auxiliary_head\.",
+        r"classifier\.",
+    ]
+
     def __init__(self, config: DI3CLConfig) -> None:
         super().__init__(config)
         self.encoder = build_encoder(config)

@@ -1,6 +1,8 @@
 """The evaluation grid: initialisation x label fraction x task, one comparison table and label-efficiency curves.
 
-Every argument is a field of :class:`di3cl_hf.training.evaluation.EvaluationGridArguments` (``--help`` lists them).
+Every argument is a field of :class:`di3cl_hf.training.evaluation_args.EvaluationGridArguments` (``--help`` lists
+them); ``di3cl evaluate grid`` takes the same arguments (``di3cl evaluate`` also scores one saved model, ``model``,
+and frozen encoders on labelled chips, ``probe``).
 Writes ``evaluation.json``, ``evaluation.md`` and ``label_efficiency.png`` under ``--output_dir`` and prints the
 comparison table. Example (the command behind ``results/evaluation.md``)::
 

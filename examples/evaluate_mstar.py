@@ -16,7 +16,6 @@ existing markdown file is kept. Example (the commands behind ``results/real/msta
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -26,13 +25,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from di3cl_hf import DI3CLConfig, DI3CLImageProcessor, DI3CLModel
 from di3cl_hf.atomic import write_json, write_text
-from di3cl_hf.loading import load_model_and_processor
-from di3cl_hf.training.probing import evaluate_features, extract_features, list_chips, read_chip
+from di3cl_hf.training.probing import evaluate_features, features_for, list_chips
 
 NOTES_MARKER = "<!-- notes -->"
 
@@ -70,89 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10])
     return parser.parse_args(argv)
-
-
-def build_encoder(
-    name: str, source: str, args: argparse.Namespace
-) -> tuple[torch.nn.Module, DI3CLImageProcessor]:
-    if source == "random":
-        torch.manual_seed(args.random_seed)
-        model = DI3CLModel(DI3CLConfig(backbone=args.backbone, num_channels=args.num_channels)).eval()
-        return model, DI3CLImageProcessor(num_channels=args.num_channels)
-    model, processor = load_model_and_processor(source, task="features", local_files_only=True)
-    return model, processor
-
-
-def configure_processor(processor: DI3CLImageProcessor, args: argparse.Namespace, train_paths: list[Path]):
-    """Set radiometry / resize / normalisation; returns a chips -> pixel_values function."""
-    processor.do_resize, processor.size = True, {"height": args.size, "width": args.size}
-    if args.radiometry == "amplitude":
-        processor.input_kind, processor.clip_percentiles = "amplitude", [1.0, 99.9]
-
-    def to_arrays(chips: list[np.ndarray]) -> list[np.ndarray]:
-        if args.radiometry == "dn8":
-            return chips
-        return [
-            chip.astype(np.float32) / 255.0 for chip in chips
-        ]  # amplitude; DN 0 is floored by the processor
-
-    if args.normalisation == "fit":
-        rng = np.random.default_rng(0)
-        sample = [
-            train_paths[i]
-            for i in rng.choice(len(train_paths), size=min(500, len(train_paths)), replace=False)
-        ]
-        processor.do_normalize = False
-        unit = processor(to_arrays([read_chip(p, args.crop) for p in sample]), return_tensors="pt")
-        processor.do_normalize = True
-        values = unit["pixel_values"].transpose(0, 1).flatten(1)
-        processor.image_mean = [float(v) for v in values.mean(1)]
-        processor.image_std = [float(v) for v in values.std(1)]
-
-    def to_pixel_values(chips: list[np.ndarray]) -> torch.Tensor:
-        return processor(to_arrays(chips), return_tensors="pt")["pixel_values"]
-
-    return to_pixel_values
-
-
-def features_for(
-    name: str, source: str, args: argparse.Namespace, train, test
-) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    model, processor = build_encoder(name, source, args)
-    to_pixel_values = configure_processor(processor, args, train.paths)
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
-    settings = f"{args.crop}-{args.size}-{args.radiometry}-{args.normalisation}"
-    cache = Path(args.cache_dir) / f"{name}-{digest.hexdigest()[:12]}-{settings}.pt"
-    info = {
-        "source": source if source == "random" else str(Path(source).resolve()),
-        "weights_sha256_12": digest.hexdigest()[:12],
-        "image_mean": processor.image_mean,
-        "image_std": processor.image_std,
-        "input_kind": processor.input_kind,
-    }
-    if source == "random":
-        info["random_seed"] = args.random_seed
-    if cache.is_file():
-        stored = torch.load(cache)
-        info["feature_seconds"] = stored["seconds"]
-        return info, stored["train"], stored["test"]
-    start = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        if done == total or done % (args.batch_size * 10) == 0:
-            print(f"  {name}: {done}/{total} chips, {time.perf_counter() - start:.0f} s", flush=True)
-
-    train_features = extract_features(
-        model, to_pixel_values, train.paths, args.crop, args.batch_size, progress
-    )
-    test_features = extract_features(model, to_pixel_values, test.paths, args.crop, args.batch_size, progress)
-    seconds = round(time.perf_counter() - start, 1)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"train": train_features, "test": test_features, "seconds": seconds}, cache)
-    info["feature_seconds"] = seconds
-    return info, train_features, test_features
 
 
 def _cell(entry: dict) -> str:

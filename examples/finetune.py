@@ -1,7 +1,7 @@
 """Fine-tune DI3CL for SAR segmentation: ``python examples/finetune.py ...`` or ``accelerate launch examples/finetune.py ...``.
 
-Every argument is a field of :class:`di3cl_hf.training.finetuning.FinetuneArguments` (``--help`` lists them); a single
-``.json`` file with those fields works too. Examples::
+Every argument is a field of :class:`di3cl_hf.training.finetuning_args.FinetuneArguments` (``--help`` lists them); a
+single ``.json`` file with those fields works too. ``di3cl finetune`` takes the same arguments. Examples::
 
     # water bodies, 10 % of the labels, from a DI3CL checkpoint (pre-training output or converted release)
     python examples/finetune.py --data_dir synthetic-seg --task water --label_fraction 0.1 \

@@ -1,7 +1,7 @@
 """Pre-train DI3CL on SAR patches: ``python examples/pretrain.py ...`` or ``accelerate launch examples/pretrain.py ...``.
 
-Every argument is a field of :class:`di3cl_hf.training.pretraining.PretrainingArguments` (``--help`` lists them); a single
-``.json`` file with those fields works too. Examples::
+Every argument is a field of :class:`di3cl_hf.training.pretraining_args.PretrainingArguments` (``--help`` lists them); a
+single ``.json`` file with those fields works too. ``di3cl pretrain`` takes the same arguments. Examples::
 
     # one process (CPU or one GPU), a SARSense folder, release defaults (ResNet-50, 448 px, SGD, cosine)
     python examples/pretrain.py --data_dir sarsense/ --output_dir runs/r50

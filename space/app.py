@@ -11,7 +11,11 @@ Models are looked up per task (``landcover``, ``water``, ``roads``), first match
 1. ``DI3CL_MODEL_LANDCOVER`` / ``DI3CL_MODEL_WATER`` / ``DI3CL_MODEL_ROADS``: a folder or Hub id;
 2. ``$DI3CL_MODEL_DIR/<task>``;
 3. ``models/<task>`` next to this file (``di3cl push space --models`` bundles them there);
-4. ``../outputs/demo/models/<task>`` (what ``make demo`` writes in a checkout).
+4. water only: the model shipped inside the package (``di3cl_hf/weights/s1-water-resnet18``, real Sentinel-1
+   VV + VH, :data:`di3cl_hf.weights.DEFAULT_WATER_MODEL`), so the Space opens on it;
+5. ``../outputs/demo/models/<task>`` (what ``make demo`` writes in a checkout).
+
+The page opens on the water task and says which model each task uses.
 
 ``DI3CL_MODEL_ENCODER`` optionally names a pre-trained encoder for the feature view (default: the
 encoder of the first task model found).
@@ -41,6 +45,7 @@ import html
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -74,6 +79,7 @@ from di3cl_hf.data.sario import SARFileError, SARRaster, open_scene, read_sar, w
 from di3cl_hf.inference.scene import predict_scene, tile_starts  # noqa: E402
 from di3cl_hf.loading import load_model_and_processor  # noqa: E402
 from di3cl_hf.radiometry import RADIOMETRY_KINDS, resolve_kind  # noqa: E402
+from di3cl_hf.weights import DEFAULT_WATER_MODEL, shipped_model_available  # noqa: E402
 
 LOGGER = logging.getLogger("di3cl.space")
 transformers_logging.set_verbosity_error()
@@ -112,6 +118,9 @@ CLASS_COLOURS = {
     "background": (60, 60, 60),
     "land": (60, 60, 60),
     "no water": (60, 60, 60),
+    "not_water": (60, 60, 60),
+    "not-water": (60, 60, 60),
+    "not water": (60, 60, 60),
     "no road": (60, 60, 60),
 }
 PALETTE = [(228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 127, 0), (166, 86, 40)]
@@ -209,11 +218,42 @@ def model_location(task: str) -> str | None:
     candidates = []
     if os.environ.get("DI3CL_MODEL_DIR"):
         candidates.append(Path(os.environ["DI3CL_MODEL_DIR"]) / task)
-    candidates += [APP_DIR / "models" / task, APP_DIR.parent / "outputs" / "demo" / "models" / task]
+    candidates.append(APP_DIR / "models" / task)
+    if task == "water" and shipped_model_available():
+        candidates.append(DEFAULT_WATER_MODEL)
+    candidates.append(APP_DIR.parent / "outputs" / "demo" / "models" / task)
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             return str(candidate)
     return None
+
+
+def is_shipped(location: str | None) -> bool:
+    """Whether ``location`` is the model shipped inside the package."""
+    return location is not None and Path(location).resolve() == DEFAULT_WATER_MODEL.resolve()
+
+
+def describe_model(task: str) -> str:
+    """One line naming the model of ``task`` (and, for the shipped one, what it was trained on)."""
+    location = model_location(task)
+    if location is None:
+        return "not installed"
+    if not is_shipped(location):
+        return f"`{location}`"
+    trained_on = ""
+    card = DEFAULT_WATER_MODEL / "README.md"
+    if card.is_file():
+        found = re.search(
+            r"^- \*\*Trained on\*\*: (.+)$", card.read_text(encoding="utf-8"), flags=re.MULTILINE
+        )
+        trained_on = f"; trained on {found.group(1).strip()}" if found else ""
+    return f"`{DEFAULT_WATER_MODEL.name}`, shipped with di3cl-hf (real Sentinel-1, VV + VH{trained_on})"
+
+
+def models_markdown() -> str:
+    """The models each task uses, shown under the title."""
+    names = {"water": "Water", "landcover": "Land cover", "roads": "Roads"}
+    return "**Models.** " + "; ".join(f"{names[task]}: {describe_model(task)}" for task in MODEL_TASKS) + "."
 
 
 def _missing_model(task: str) -> SpaceInputError:
@@ -475,7 +515,9 @@ def run_segmentation(
         dataset.write_colormap(1, {index: (*colour, 255) for index, colour in enumerate(colours)})
     counts = np.bincount(classes[classes != NODATA].ravel(), minlength=num_labels)[:num_labels]
     shares = (counts / max(counts.sum(), 1)).tolist()
-    notes = [f"Radiometry: `{summary.input_kind}`."]
+    notes = [f"Model: {describe_model(task)}.", f"Radiometry: `{summary.input_kind}`."]
+    if int(model.config.num_channels) == 2 and prepared.array.shape[0] == 1:
+        notes.append("One band given to a VV + VH model: it was fed as both channels (less accurate).")
     if summary.num_tiles > 1:
         notes.append(f"Predicted in {summary.num_tiles} tiles of {tile} px with blended overlaps.")
     return classes, names, colours, shares, output, notes
@@ -602,14 +644,49 @@ def real_example_files() -> list[Path]:
     return []
 
 
+REAL_DUAL_POL = ("water/images/Spain_7370579_vv.tif", "water/images/Spain_7370579_vh.tif")
+"""The real labelled chip's two polarisation files, stacked into one VV + VH example for the (VV + VH) water model."""
+
+
+def _cache_folder(folder: Path | None = None) -> Path:
+    folder = folder or Path(os.environ.get("DI3CL_SPACE_CACHE") or tempfile.gettempdir()) / "di3cl-examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def real_dual_pol_example(folder: Path | None = None) -> Path | None:
+    """The real Sentinel-1 chip as one VV + VH float32 dB GeoTIFF (stacked from its two files into the cache
+    folder, never into the app folder), or ``None`` when the sample is absent."""
+    from di3cl_hf.data.polarisation import read_sample
+
+    for root in (APP_DIR / "examples" / "sentinel1", APP_DIR.parent / "samples" / "sentinel1"):
+        files = [root / name for name in REAL_DUAL_POL]
+        if all(path.is_file() for path in files):
+            break
+    else:
+        return None
+    target = _cache_folder(folder) / "Spain_7370579_vv_vh_db.tif"
+    if not target.is_file():
+        raster = read_sample(files)
+        array = np.where(raster.valid_mask, raster.array, np.nan).astype(np.float32)
+        write_geotiff(
+            target,
+            array,
+            crs=raster.crs,
+            transform=raster.transform,
+            nodata=float("nan"),
+            band_names=("VV", "VH"),
+        )
+    return target
+
+
 def example_files(folder: Path | None = None) -> list[Path]:
     """Synthetic examples, rendered once by the synthetic generator (nothing binary in the repo) into a cache
     folder outside the app (``DI3CL_SPACE_CACHE``, else the system's temporary folder, which Gradio serves):
     never into ``space/``, so ``di3cl push space`` uploads only the app."""
     from di3cl_hf.data.synthetic import SYNTHETIC_CRS, synthetic_patch
 
-    folder = folder or Path(os.environ.get("DI3CL_SPACE_CACHE") or tempfile.gettempdir()) / "di3cl-examples"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _cache_folder(folder)
     landcover = folder / "synthetic_landcover_vv_vh_db.tif"
     water = folder / "synthetic_water_intensity.tif"
     roads = folder / "synthetic_roads_vv_db.npy"
@@ -637,8 +714,10 @@ linear intensity, amplitude, 8/16-bit DN or complex, or let `auto` decide), pick
 **Run**. The map comes back as a GeoTIFF with the input's georeferencing. DI3CL is a self-supervised SAR
 foundation model (*Contrastive Learning With Dynamic Instances and Contour Consistency for SAR Land-Cover
 Classification Foundation Model*, [arXiv:2511.07808](https://arxiv.org/abs/2511.07808)).
-The first examples are **real Sentinel-1** VH data (contains modified Copernicus Sentinel data; a labelled water
-chip in dB and an 8-bit quick-look scene) for the water model, which `make demo` trains on real chips; the land
+The water model is the one **shipped with di3cl-hf**: trained on real Sentinel-1 VV + VH flood tiles (its card,
+`di3cl_hf/weights/s1-water-resnet18/README.md`, gives its scores and training data). The first examples are **real
+Sentinel-1** data (contains modified Copernicus Sentinel data): a labelled chip as VV + VH in dB, its VH band alone
+and an 8-bit VH quick-look scene (one band is fed to the VV + VH model as both channels: less accurate). The land
 cover and road examples and models are **synthetic** (no real labels were available)."""
 
 
@@ -646,15 +725,17 @@ def build_demo() -> gr.Blocks:
     """The Gradio app."""
     global DEMO
     examples = example_files()
-    real = [[str(path), "Water", "auto"] for path in real_example_files()]  # real Sentinel-1 first
+    dual_pol = real_dual_pol_example()
+    real = [[str(path), "Water", "auto"] for path in ([dual_pol] if dual_pol else []) + real_example_files()]
     with gr.Blocks(title="DI3CL SAR demo", delete_cache=(RESULT_MAX_AGE, RESULT_MAX_AGE)) as demo:
         gr.Markdown(DESCRIPTION)
+        gr.Markdown(models_markdown(), elem_id="model-info")
         with gr.Row():
             with gr.Column(scale=1):
                 file = gr.File(
                     label="SAR patch", file_types=list(SUFFIXES), type="filepath", elem_id="sar-file"
                 )
-                task = gr.Radio(list(TASKS), value="Land cover", label="Task", elem_id="task")
+                task = gr.Radio(list(TASKS), value="Water", label="Task", elem_id="task")
                 radiometry = gr.Dropdown(list(RADIOMETRY_KINDS), value="auto", label="Input radiometry")
                 run = gr.Button("Run", variant="primary", elem_id="run-button")
                 gr.Examples(

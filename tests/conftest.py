@@ -1,4 +1,5 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: tiny configs and a saved tiny model, a clean Accelerate state, and the exact
+save/load check of task models."""
 
 from __future__ import annotations
 
@@ -49,3 +50,38 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     DI3CLForSemanticSegmentation(config).eval().save_pretrained(folder)
     DI3CLImageProcessor(num_channels=2, input_kind="db").save_pretrained(folder)
     return folder
+
+
+@pytest.fixture()
+def fresh_accelerate():
+    """Accelerate keeps process-wide singletons; reset them around each in-process training run."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _assert_reload_is_exact(
+    model: torch.nn.Module, loaded: torch.nn.Module, pixel_values: torch.Tensor
+) -> None:
+    """``loaded`` (from ``model.save_pretrained``) holds the trained tensors bit for bit and computes the same
+    logits as ``model`` (both in eval mode)."""
+    saved = loaded.state_dict()
+    assert set(saved) == set(model.state_dict())
+    for key, value in model.state_dict().items():  # the files hold the trained tensors bit for bit
+        assert torch.equal(saved[key], value), key
+    # Tensors that from_pretrained reads from safetensors sit at the file's offsets (not 64-byte aligned), and
+    # oneDNN/MKL sum in another order (~1e-7 apart) for unaligned weights; in fresh memory the outputs are exact.
+    with torch.no_grad():
+        for tensor in [*loaded.parameters(), *loaded.buffers()]:
+            tensor.data = tensor.data.clone()
+        torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, rtol=0, atol=0)
+
+
+@pytest.fixture
+def assert_reload_is_exact():
+    """The exact save/load check: ``assert_reload_is_exact(model, loaded, pixel_values)``."""
+    return _assert_reload_is_exact

@@ -74,7 +74,7 @@ def test_classifier_dropout_from_config(tiny_config):
     assert DI3CLForImageClassification(_classifier_config(tiny_config)).dropout.p == 0.0
 
 
-def test_save_load_is_exact(tiny_config, tmp_path):
+def test_save_load_is_exact(tiny_config, tmp_path, assert_reload_is_exact):
     model = DI3CLForImageClassification(_classifier_config(tiny_config)).train()
     model(torch.randn(4, 2, 64, 64), labels=torch.tensor([0, 1, 2, 0])).loss.backward()  # move BN statistics
     model.eval()
@@ -84,18 +84,7 @@ def test_save_load_is_exact(tiny_config, tmp_path):
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path, dtype=torch.float32).eval()
     assert type(loaded) is DI3CLForImageClassification
     assert loaded.config.id2label == LABELS and loaded.config.label2id == LABEL2ID
-    saved = loaded.state_dict()
-    assert set(saved) == set(model.state_dict())
-    for key, value in model.state_dict().items():  # the files hold the trained tensors bit for bit
-        assert torch.equal(saved[key], value), key
-    # Tensors that from_pretrained reads from safetensors sit at the file's offsets (not 64-byte aligned), and
-    # oneDNN/MKL sum in another order (~1e-7 apart) for unaligned weights; in fresh memory the outputs are exact.
-    with torch.no_grad():
-        for tensor in [*loaded.parameters(), *loaded.buffers()]:
-            tensor.data = tensor.data.clone()
-    pixel_values = torch.randn(2, 2, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, rtol=0, atol=0)
+    assert_reload_is_exact(model, loaded, torch.randn(2, 2, 64, 64))
 
 
 @pytest.mark.parametrize("source", ["encoder", "pretraining"])

@@ -1,5 +1,7 @@
 """The ``di3cl`` command line: ``--help`` of the whole tool, ``predict`` and ``embed`` (local folders, a Hub id
-resolved offline from the cache through the installed console script, errors)."""
+resolved offline from the cache through the installed console script, errors), and the training commands
+``pretrain``, ``finetune`` and ``evaluate`` (their ``--help`` lists the argument dataclasses' real defaults; one
+tiny run each, ``evaluate grid`` excepted: it is a series of fine-tunings)."""
 
 from __future__ import annotations
 
@@ -51,6 +53,9 @@ def test_di3cl_help_lists_commands_and_sar_options(capsys: pytest.CaptureFixture
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for command in (
+        "pretrain",
+        "finetune",
+        "evaluate",
         "predict",
         "embed",
         "convert-original",
@@ -336,3 +341,170 @@ def test_sigterm_during_predict_leaves_no_temporary_file(model_dir: Path, tmp_pa
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "SIGTERM" in stderr and "Traceback" not in stderr
     assert list(out_dir.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pretrain, finetune, evaluate
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    from di3cl_hf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+@pytest.mark.parametrize(
+    "argv, dataclass_path",
+    [
+        (["pretrain"], "di3cl_hf.training.pretraining_args.PretrainingArguments"),
+        (["finetune"], "di3cl_hf.training.finetuning_args.FinetuneArguments"),
+        (["evaluate", "model"], "di3cl_hf.training.evaluation_args.ModelEvaluationArguments"),
+        (["evaluate", "grid"], "di3cl_hf.training.evaluation_args.EvaluationGridArguments"),
+        (["evaluate", "probe"], "di3cl_hf.training.evaluation_args.ProbeArguments"),
+    ],
+)
+def test_training_command_help_lists_every_field_with_its_real_default(
+    argv: list[str], dataclass_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+    import importlib
+
+    module, _, name = dataclass_path.rpartition(".")
+    arguments = getattr(importlib.import_module(module), name)
+    text = _help(argv, capsys)
+    for item in dataclasses.fields(arguments):
+        assert f"--{item.name}" in text, f"`di3cl {' '.join(argv)} --help` does not list --{item.name}"
+        default = item.default
+        if default is dataclasses.MISSING and item.default_factory is not dataclasses.MISSING:
+            default = item.default_factory()
+        if default is dataclasses.MISSING:
+            assert "Required (unless ARGS.json is given)" in text
+        elif default is not None:
+            assert f"(default: {default})" in text, f"--{item.name}: default {default!r} not shown"
+
+
+def test_evaluate_help_names_its_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(["evaluate"], capsys)
+    assert all(mode in text for mode in ("model", "grid", "probe")) and "labelled set" in text
+    # the grid's own budget defaults, not the fine-tuning ones
+    assert "(default: resnet18)" in _help(["evaluate", "grid"], capsys)
+
+
+def test_training_command_without_a_required_flag_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from di3cl_hf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--data_dir", "sets"])
+    assert exit_info.value.code == 2
+    assert "--output_dir" in capsys.readouterr().err
+
+
+def test_pretrain_from_an_args_file_writes_the_run_folder(tmp_path: Path, fresh_accelerate) -> None:
+    import json
+
+    from di3cl_hf.cli import main
+    from di3cl_hf.data.synthetic import generate_sarsense
+    from di3cl_hf.training.common import RUN_LAYOUT
+
+    generate_sarsense(tmp_path / "data", 8, size=80, seed=0)
+    out = tmp_path / "run"
+    arguments = {
+        "data_dir": str(tmp_path / "data"), "output_dir": str(out), "dataset_cache_dir": str(tmp_path / "cache"),
+        "backbone": "resnet18", "image_size": 64, "queue_size": 64, "projection_hidden_dim": 64,
+        "projection_dim": 32, "per_device_batch_size": 4, "min_box_size": 16, "num_workers": 0, "max_steps": 2,
+        "statistics_samples": 0, "disable_tqdm": True, "mixed_precision": "fp32",
+    }  # fmt: skip
+    (tmp_path / "args.json").write_text(json.dumps(arguments))
+    assert main(["pretrain", str(tmp_path / "args.json")]) == 0
+    for name in RUN_LAYOUT:  # marker, config.json, checkpoints/, logs/, metrics.json, README.md
+        assert (out / name.rstrip("/")).exists(), name
+    assert (out / "encoder" / "model.safetensors").is_file()
+    assert json.loads((out / "metrics.json").read_text())["global_step"] == 2
+    assert json.loads((out / "config.json").read_text())["queue_size"] == 64
+
+
+@pytest.fixture(scope="module")
+def water_sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from di3cl_hf.data.synthetic import generate_segmentation_sets
+
+    root = tmp_path_factory.mktemp("seg")
+    generate_segmentation_sets(root, num_patches=6, size=64, seed=0, tasks=("water",))
+    return root
+
+
+def test_finetune_then_evaluate_model_gives_the_same_test_scores(
+    water_sets: Path, tmp_path: Path, fresh_accelerate, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from di3cl_hf.cli import main
+
+    out = tmp_path / "water"
+    code = main([
+        "finetune", "--data_dir", str(water_sets), "--output_dir", str(out), "--task", "water",
+        "--init", "random", "--backbone", "resnet18", "--crop_size", "64", "--batch_size", "2", "--max_steps", "1",
+        "--decoder_hidden_size", "16", "--mixed_precision", "fp32", "--report_to", "none", "--disable_tqdm",
+    ])  # fmt: skip
+    assert code == 0 and "random (water, 1 labels)" in capsys.readouterr().out
+    for name in (".di3cl-run", "config.json", "model.safetensors", "metrics.json", "README.md"):
+        assert (out / name).is_file(), name
+    finetuned = json.loads((out / "metrics.json").read_text())["test"]
+    code = main([
+        "evaluate", "model", "--model_name_or_path", str(out), "--data_dir", str(water_sets),
+        "--task", "water", "--output_dir", str(tmp_path / "scores"), "--local_files_only",
+    ])  # fmt: skip
+    assert code == 0 and "| water |" in capsys.readouterr().out
+    scored = json.loads((tmp_path / "scores" / "metrics.json").read_text())
+    assert scored["split"] == "test" and scored["scores"]["confusion_matrix"] == finetuned["confusion_matrix"]
+
+
+def test_evaluate_grid_writes_its_table_and_curves(
+    water_sets: Path, tmp_path: Path, fresh_accelerate, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from di3cl_hf.cli import main
+
+    code = main([
+        "evaluate", "grid", "--data_dir", str(water_sets), "--output_dir", str(tmp_path / "grid"), "--tasks", "water",
+        "--initialisations", "random", "--label_fractions", "1.0", "--max_steps", "1", "--crop_size", "64",
+        "--batch_size", "2", "--decoder_hidden_size", "16", "--mixed_precision", "fp32",
+    ])  # fmt: skip
+    assert code == 0 and "| water | 100 % | random |" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "grid" / "evaluation.json").read_text())
+    assert set(summary["results"]["water"]["random"]) == {"1"} and "random" in summary["kmeans"]["water"]
+    assert (tmp_path / "grid" / "label_efficiency.png").stat().st_size > 0
+
+
+def test_evaluate_probe_scores_a_random_encoder_on_labelled_chips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from PIL import Image
+
+    from di3cl_hf.cli import main
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, level in (("dark", 40), ("bright", 200)):
+            folder = tmp_path / "chips" / split / label
+            folder.mkdir(parents=True)
+            for index in range(3):
+                chip = np.clip(rng.normal(level, 10, (40, 40)), 0, 255).astype(np.uint8)
+                Image.fromarray(chip).save(folder / f"{index}.png")
+    code = main([
+        "evaluate", "probe", "--data_dir", str(tmp_path / "chips"), "--encoders", "random=random",
+        "--output_dir", str(tmp_path / "probes"), "--crop", "32", "--size", "32", "--epochs", "5",
+        "--seeds", "0", "--shots", "1", "--knn_k", "1", "3", "--batch_size", "4",
+    ])  # fmt: skip
+    assert code == 0 and "| random |" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "probes" / "probes.json").read_text())
+    entry = summary["encoders"]["random"]
+    assert 0.0 <= entry["linear_probe"]["accuracy"] <= 1.0 and set(entry["few_shot"]) == {"1"}

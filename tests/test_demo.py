@@ -59,6 +59,20 @@ def test_water_fold_holds_one_real_chip_out_as_vh(tmp_path: Path):
         water_fold(SAMPLE / "water", "nope", tmp_path / "other")
 
 
+@needs_sample
+def test_water_fold_of_both_polarisations_reads_vv_vh_samples(tmp_path: Path):
+    """The demo's water fold for the (VV + VH) shipped encoder: one file per polarisation, one 2-band sample."""
+    from di3cl_hf.data.segmentation import load_segmentation
+
+    fold = water_fold(SAMPLE / "water", WATER_HELD_OUT, tmp_path / "fold", band=("vv", "vh"))
+    assert sorted(p.name for p in (fold / "test" / "images").iterdir()) == [
+        f"{WATER_HELD_OUT}_vh.tif",
+        f"{WATER_HELD_OUT}_vv.tif",
+    ]
+    splits = load_segmentation(fold, task="water", cache_dir=str(tmp_path / "cache"))
+    assert len(splits["train"]) == 4 and np.asarray(splits["test"][0]["image"]).shape[0] == 2
+
+
 def test_heads_on_a_pretrained_encoder_load_it_strictly_without_a_load_report(tmp_path: Path, capfd):
     from safetensors.torch import load_file, save_file
 
@@ -91,14 +105,19 @@ def test_heads_on_a_pretrained_encoder_load_it_strictly_without_a_load_report(tm
 
 
 def test_results_table_says_real_or_synthetic_row_by_row():
-    water = {init: {"water IoU": 0.5, "water F1": 0.6} for init in ("di3cl", "random")}
+    water = {init: {"water IoU": 0.5, "water F1": 0.6} for init in ("shipped", "random")}
+    shipped = {"water IoU": 0.7, "water F1": 0.8}
     scores = {"miou": 0.25, "mean_f1": 0.3}
     synthetic = {
         "results": {t: {i: {"0.1": scores} for i in ("di3cl", "random")} for t in ("landcover", "roads")}
     }
-    rows = results_table(water, synthetic).splitlines()[2:]
-    assert [row.split("|")[2].strip() for row in rows] == ["real (Sentinel-1)"] * 2 + ["synthetic"] * 4
-    assert rows[0].split("|")[5].strip() == "50.0"
+    rows = [row.split("|") for row in results_table(water, synthetic, shipped).splitlines()[2:]]
+    assert [row[2].strip() for row in rows] == ["real (Sentinel-1 VV + VH)"] * 4 + ["synthetic"] * 4
+    assert [row[5].strip() for row in rows[:4]] == ["shipped encoder (4 chips fine-tuned)"] * 2 + [
+        "shipped model as is (no fine-tuning)"
+    ] * 2
+    assert rows[0][6].strip() == "50.0" and rows[2][6].strip() == "70.0" and rows[2][7].strip() == "–"
+    assert {row[5].strip() for row in rows[4:]} == {"continued pre-training (VH)"}
 
 
 @pytest.mark.slow
@@ -113,7 +132,10 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "| water | real (Sentinel-1) |" in result.stdout and "| roads | synthetic |" in result.stdout
+    assert (
+        "| water | real (Sentinel-1 VV + VH) |" in result.stdout and "| roads | synthetic |" in result.stdout
+    )
+    assert "shipped model as is" in result.stdout
     assert "LOAD REPORT" not in result.stdout + result.stderr
 
     from di3cl_hf import DI3CLForSemanticSegmentation, DI3CLImageProcessor, DI3CLModel
@@ -124,24 +146,25 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert (
         processor.image_mean != DI3CLImageProcessor(num_channels=1).image_mean
     )  # measured on the real tiles
-    for task, num_labels in (("landcover", 10), ("water", 2), ("roads", 2)):
+    for task, num_labels, channels in (("landcover", 10, 1), ("water", 2, 2), ("roads", 2, 1)):
         folder = output / "models" / task
         for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"):
             assert (folder / name).is_file(), f"{task}: {name} missing"
         model = DI3CLForSemanticSegmentation.from_pretrained(folder)
-        assert model.config.num_labels == num_labels and model.config.num_channels == 1
+        assert model.config.num_labels == num_labels and model.config.num_channels == channels
 
     summary = json.loads((output / "summary.json").read_text())
-    assert summary["water"]["data"] == "real" and set(summary["water"]["scores"]) == {"di3cl", "random"}
+    assert summary["water"]["data"] == "real" and set(summary["water"]["scores"]) == {"shipped", "random"}
+    assert summary["shipped"]["data"] == "real" and 0 <= summary["shipped"]["water IoU"] <= 1
     assert set(summary["synthetic"]["results"]) == {"landcover", "roads"}
 
-    scene = sorted((SAMPLE / "scenes").glob("*.tif"))[0]
-    prediction = next(output.glob("s1-*-water.tif"))
-    with rasterio.open(scene) as source, rasterio.open(prediction) as predicted:
+    chip = SAMPLE / "water" / "images" / f"{WATER_HELD_OUT}_vv.tif"
+    prediction = next(output.glob("s1-*-water-shipped.tif"))
+    with rasterio.open(chip) as source, rasterio.open(prediction) as predicted:
         assert predicted.crs == source.crs
         assert predicted.transform == source.transform
         assert (predicted.width, predicted.height) == (source.width, source.height)
-        assert set(np.unique(predicted.read(1))) <= {0, 1}
+        assert set(np.unique(predicted.read(1))) <= {0, 1, 255}
 
 
 @pytest.mark.parametrize(
@@ -192,3 +215,16 @@ def test_output_dir_is_never_a_foreign_folder(tmp_path: Path, capsys) -> None:
     empty.mkdir()
     prepare_output_dir(empty)
     assert (empty / DEMO_MARKER).is_file()
+
+
+def test_a_missing_shipped_model_is_one_clear_error_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    """The demo builds on the shipped model: without it, it stops first, naming the builder, writing nothing."""
+    from di3cl_hf import weights
+    from di3cl_hf.weights import ShippedModelMissingError
+
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "no-weights")
+    with pytest.raises(ShippedModelMissingError, match="ship-model"):
+        run(tmp_path / "demo", QUICK)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        run(tmp_path / "demo", QUICK, shipped=tmp_path)
+    assert not (tmp_path / "demo").exists()

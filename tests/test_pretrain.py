@@ -66,18 +66,6 @@ def sarsense(tmp_path_factory) -> Path:
     return root / "data"
 
 
-@pytest.fixture()
-def fresh_accelerate():
-    """Accelerate keeps process-wide singletons; reset them around each in-process run."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _run_in_process(tmp_path: Path, sarsense: Path, **overrides) -> tuple[int, dict]:
     options = {**TINY, "data_dir": str(sarsense), "dataset_cache_dir": str(tmp_path / "cache")}
     options.update(overrides)

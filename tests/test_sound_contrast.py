@@ -83,7 +83,12 @@ def test_state_without_queue_ids_loads(tiny_config, tmp_path):
 
 
 def test_crops_follow_area_and_stay_inside():
-    assert crops_per_image([(1, 1024, 1024), (1, 256, 256), (1, 100, 90), (2, 300, 256)], 256) == [16, 1, 1, 2]
+    assert crops_per_image([(1, 1024, 1024), (1, 256, 256), (1, 100, 90), (2, 300, 256)], 256) == [
+        16,
+        1,
+        1,
+        2,
+    ]
     assert crops_per_image([(1, 1024, 1024)], 0) == [1]
     image = np.arange(1 * 40 * 50, dtype=np.float32).reshape(1, 40, 50)
     valid = np.ones((40, 50), bool)
@@ -101,7 +106,9 @@ def test_crops_follow_area_and_stay_inside():
 
 def test_draws_carry_their_image_as_sample_id():
     dataset = [{"image": i} for i in range(3)]
-    views = MapPretrainingDataset(dataset, lambda example, seed: {"x": example["image"]}, seed=0, draws=[2, 1, 3])
+    views = MapPretrainingDataset(
+        dataset, lambda example, seed: {"x": example["image"]}, seed=0, draws=[2, 1, 3]
+    )
     assert len(views) == 6 and views.num_images == 3
     ids = [views[(0, draw)][1]["sample_id"] for draw in range(6)]
     assert ids == [0, 0, 1, 2, 2, 2]
@@ -157,7 +164,9 @@ def _probe_folder(tmp_path):
     for index in range(6):
         label = np.zeros((64, 64), np.uint8)
         label[: 16 * (index % 3 + 1), :32] = 1
-        image = np.where(label == 1, 20, 180).astype(np.uint8)[None] + rng.integers(0, 20, (1, 64, 64), np.uint8)
+        image = np.where(label == 1, 20, 180).astype(np.uint8)[None] + rng.integers(
+            0, 20, (1, 64, 64), np.uint8
+        )
         write_geotiff(tmp_path / "images" / f"t{index}.tif", image)
         write_geotiff(tmp_path / "masks" / f"t{index}.tif", label[None])
     return tmp_path

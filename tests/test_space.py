@@ -46,13 +46,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _write_models(folder: Path) -> None:
+def _write_models(folder: Path, only: tuple[str, ...] | None = None) -> None:
     tasks = {
         "landcover": list(LANDCOVER_CLASSES),
         "water": ["background", "water"],
         "roads": ["background", "road"],
     }
     for task, labels in tasks.items():
+        if only is not None and task not in only:
+            continue
         config = DI3CLConfig(
             backbone="resnet18",
             num_channels=2,
@@ -70,9 +72,10 @@ def _write_models(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def _running_space(root: Path, **settings: str):
-    """Start space/app.py on a free port with tiny models under ``root``; yield its URL, log and folders."""
-    _write_models(root / "models")
+def _running_space(root: Path, only: tuple[str, ...] | None = None, **settings: str):
+    """Start space/app.py on a free port with tiny models under ``root`` (``only`` these tasks: the others fall
+    back to their defaults, water to the shipped model); yield its URL, log and folders."""
+    _write_models(root / "models", only)
     port = _free_port()
     env = {
         **os.environ,
@@ -686,3 +689,74 @@ def test_synthetic_examples_are_rendered_outside_the_app_folder(
     assert all(path.is_file() and path.is_relative_to(tmp_path) for path in files)
     after = sorted(p.relative_to(REPO_ROOT / "space") for p in (REPO_ROOT / "space").rglob("*"))
     assert before == after
+
+
+# ------------------------------------------------------------------------------ the shipped model (issue #23)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium missing: apt-get install -y chromium")
+def test_browser_screenshot_opens_on_the_shipped_model(tmp_path_factory, tmp_path: Path) -> None:
+    """The Space as a user first sees it: the water task, the shipped model named on the page, a real VV + VH
+    chip mapped with it (screenshot in test-artifacts/space_shipped_model.png). Needs the real shipped model."""
+    from di3cl_hf.weights import DEFAULT_WATER_MODEL, shipped_model_available
+
+    assert shipped_model_available(), (
+        f"{DEFAULT_WATER_MODEL} is missing (written by di3cl ship-model, issue #23)"
+    )
+    from di3cl_hf.data.polarisation import read_sample
+
+    root = tmp_path_factory.mktemp("space-shipped")
+    stem = REPO_ROOT / "samples" / "sentinel1" / "water" / "images" / "Spain_7370579"
+    raster = read_sample([f"{stem}_vv.tif", f"{stem}_vh.tif"])  # the real chip as one VV + VH upload
+    chip = write_geotiff(
+        root / "Spain_7370579_vv_vh_db.tif",
+        np.where(raster.valid_mask, raster.array, np.nan).astype(np.float32),
+        crs=raster.crs,
+        transform=raster.transform,
+        nodata=float("nan"),
+        band_names=("VV", "VH"),
+    )
+    settings = {"DI3CL_SPACE_CACHE": str(root / "cache"), "DI3CL_MODEL_WATER": ""}  # no override: the default
+    with _running_space(root, only=("landcover", "roads"), **settings) as running:
+        browser = DevTools(tmp_path / "chromium-profile")
+        try:
+            browser.attach_to_page()
+            browser.send("Page.enable")
+            browser.send("Page.navigate", {"url": running["url"]})
+            browser.wait_for(
+                "!!document.querySelector('#sar-file input[type=file]')", 90, "the upload widget"
+            )
+            info = browser.evaluate("document.querySelector('#model-info').innerText")
+            checked = browser.evaluate(
+                "(() => { const i = document.querySelector('#task input:checked');"
+                " return i ? (i.closest('label') || i.parentElement).innerText.trim() : null; })()"
+            )
+            document = browser.send("DOM.getDocument", {"depth": 0})["root"]["nodeId"]
+            node = browser.send(
+                "DOM.querySelector", {"nodeId": document, "selector": "#sar-file input[type=file]"}
+            )
+            browser.send("DOM.setFileInputFiles", {"files": [str(chip)], "nodeId": node["nodeId"]})
+            browser.wait_for(
+                "document.querySelector('#sar-file').innerText.includes('Spain')", 60, "the upload"
+            )
+            browser.evaluate("document.querySelector('#run-button').click()")  # the task is already Water
+            browser.wait_for(
+                "!!document.querySelector('#map img') && document.querySelector('#legend').innerText.includes('%')",
+                180,
+                "the map and legend",
+            )
+            time.sleep(1.0)
+            notice = browser.evaluate("document.querySelector('#notice').innerText")
+            shot = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+        finally:
+            browser.close()
+    assert DEFAULT_WATER_MODEL.name in info and "shipped with di3cl-hf" in info
+    assert checked and "Water" in checked and DEFAULT_WATER_MODEL.name in notice
+    ARTIFACTS.mkdir(exist_ok=True)
+    target = ARTIFACTS / "space_shipped_model.png"
+    target.write_bytes(base64.b64decode(shot["data"]))
+    from PIL import Image
+
+    with Image.open(target) as image:
+        assert image.width >= 1000 and len(set(image.convert("RGB").getdata())) > 50

@@ -81,17 +81,6 @@ def test_sample_rows_seeded_subset_and_streamed_prefix():
     ]
 
 
-@pytest.fixture()
-def fresh_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def test_pretraining_saves_corpus_statistics_with_the_encoder(tmp_path: Path, fresh_accelerate):
     from di3cl_hf.data.sarsense import load_sarsense
     from di3cl_hf.data.synthetic import generate_sarsense

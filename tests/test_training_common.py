@@ -36,17 +36,6 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-@pytest.fixture()
-def fresh_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _malicious_checkpoint(root: Path, name: str) -> tuple[Path, Path]:
     checkpoint = root / "checkpoints" / "checkpoint-2"
     shutil.copytree(FIXTURES / "pretrain" / "checkpoints" / "checkpoint-2", checkpoint)

@@ -5,6 +5,8 @@
 - :mod:`.hub`: ``push`` (model / dataset / Space) and ``export-timm``
 - :mod:`.convert`: ``convert-original`` (the original release's checkpoints)
 - :mod:`.onnx`: ``export-onnx`` (encoder / segmentation model to ONNX)
+- :mod:`.ship`: ``ship-model`` (a fine-tuned model as the package's shipped folder)
+- :mod:`.train`: ``pretrain``, ``finetune`` and ``evaluate`` (modes ``model``, ``grid``, ``probe``)
 
 Each ``register`` adds its ``argparse`` sub-parsers and binds them with ``set_defaults(func=...)``;
 ``func(args)`` returns the exit code.
@@ -17,16 +19,16 @@ import sys
 
 from transformers.utils import logging as transformers_logging
 
-from . import convert, data, hub, onnx, predict
+from . import convert, data, hub, onnx, predict, ship, train
 
-COMMAND_GROUPS = (convert, data, predict, hub, onnx)
+COMMAND_GROUPS = (train, convert, data, predict, hub, onnx, ship)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``di3cl`` parser with the sub-commands of every command group."""
     parser = argparse.ArgumentParser(
         prog="di3cl",
-        description="DI3CL, the SAR land-cover foundation model: conversion, data, scene inference and Hub tools.",
+        description="DI3CL, the SAR land-cover foundation model: training, conversion, data, scene inference and Hub tools.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in COMMAND_GROUPS:

@@ -1,6 +1,8 @@
 """``di3cl predict`` (SAR scenes -> georeferenced class maps) and ``di3cl embed`` (patches -> features).
 
-``di3cl predict MODEL IN OUT`` predicts one scene; ``di3cl predict MODEL INPUT... --output-dir DIR``
+``di3cl predict IN OUT`` predicts one scene with the shipped Sentinel-1 water model
+(:data:`di3cl_hf.weights.DEFAULT_WATER_MODEL`); ``--model MODEL`` or a leading MODEL positional
+(``di3cl predict MODEL IN OUT``, the original form) chooses another. ``di3cl predict [MODEL] INPUT... --output-dir DIR``
 predicts many (files, folders, globs, ``@list.txt``; ``{id}_vv`` + ``{id}_vh`` files as one dual-pol
 scene), skips complete outputs, keeps going after a bad scene, and splits the scenes between the
 processes of ``accelerate launch`` (see :mod:`di3cl_hf.inference.batch`). ``--backend onnxruntime``
@@ -23,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.sario import list_sar_files
+from ..data.sario import SUPPORTED_SUFFIXES, list_sar_files
 from ..inference.batch import (
     check_output_folder,
     collect_inputs,
@@ -37,11 +39,12 @@ from ..inference.batch import (
 from ..inference.embeddings import POOLINGS, check_embeddings_output, embed_files, save_embeddings
 from ..inference.outputs import check_output_path, remove_stale_temporaries
 from ..inference.provenance import PROVENANCE_TAG, prediction_provenance
-from ..inference.scene import MIN_TILE_SIZE, OUTPUT_TYPES, predict_scene
+from ..inference.scene import MIN_TILE_SIZE, OUTPUT_TYPES, SceneOptions, predict_scene
 from ..inference.sources import open_source
 from ..loading import load_model_and_processor
 from ..radiometry import RADIOMETRY_KINDS
 from ..runtime import PRECISIONS, StopSignal
+from ..weights import DEFAULT_WATER_MODEL, shipped_model_path
 
 _SAR_HELP = """\
 SAR input:
@@ -78,6 +81,20 @@ many scenes (--output-dir DIR):
   processes under `accelerate launch` (or torchrun) the scenes are split between the processes without
             overlap (process r of n takes scenes r, r+n, ...; GPU = LOCAL_RANK); rank 0 prints the summary.
 """
+
+_MODEL_HELP = f"""
+model:
+  default   without --model and without a leading MODEL, the shipped Sentinel-1 water / flood model
+            ({DEFAULT_WATER_MODEL.name}: VV + VH, see its README.md) in {DEFAULT_WATER_MODEL.parent}.
+  --model   a folder written by save_pretrained, a Hub id, or a .onnx file with --backend onnxruntime.
+  MODEL     the original form still works: the first path is MODEL when there are exactly three
+            (MODEL INPUT OUTPUT), or when it is a model folder (holding config.json), a .onnx file or
+            a Hub id (org/name, not a local path) before INPUT... --output-dir DIR.
+
+"""
+
+# A Hub id (org/name) as opposed to a local input path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 # The Python spelling of a band choice in library messages, e.g. "pass bands=(1, 2)".
 _PYTHON_BANDS = re.compile(r"\bbands=\(([\w,\s'\"]*)\)")
@@ -193,6 +210,43 @@ def _processor_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"input_kind": args.input_kind, "db_range": args.db_range, "nodata_value": args.nodata}
 
 
+def _looks_like_model(path: str) -> bool:
+    """A model reference rather than a scene: a folder with config.json, a .onnx file, or a Hub id that is no
+    local path (and no SAR file name or glob pattern)."""
+    candidate = Path(path)
+    if candidate.is_dir():
+        return (candidate / "config.json").is_file()
+    if candidate.suffix.lower() == ".onnx":
+        return True
+    return (
+        not candidate.exists()
+        and _HUB_ID.fullmatch(path) is not None
+        and candidate.suffix.lower() not in SUPPORTED_SUFFIXES
+    )
+
+
+def resolve_model_argument(args: argparse.Namespace) -> None:
+    """Set ``args.model`` and ``args.inputs`` from ``--model`` and the positionals (see ``--help``, "model").
+
+    ``--model`` given: every positional is an input. Otherwise the first positional is MODEL when there are
+    exactly three of them without ``--output-dir`` (``MODEL INPUT OUTPUT``) or when it looks like a model
+    (:func:`_looks_like_model`); else the shipped model is used (``args.default_model`` True).
+    """
+    paths = list(args.paths)
+    args.default_model = False
+    if args.model is not None:
+        args.inputs = paths
+        return
+    if len(paths) >= 2 and ((args.output_dir is None and len(paths) == 3) or _looks_like_model(paths[0])):
+        args.model, args.inputs = paths[0], paths[1:]
+        return
+    if args.backend == "onnxruntime":
+        raise ValueError(
+            "--backend onnxruntime needs the .onnx file: --model FILE.onnx (no shipped ONNX model)"
+        )
+    args.model, args.inputs, args.default_model = str(shipped_model_path()), paths, True
+
+
 def _check_predict_arguments(args: argparse.Namespace) -> None:
     """Everything that can be checked before the model is loaded and the scene computed."""
     if args.overlap >= args.tile_size:
@@ -243,19 +297,19 @@ def _load_segmentation_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 def _scene_options(
     args: argparse.Namespace, processor: Any, precision: str, device: str | None
-) -> dict[str, Any]:
-    """predict_scene's keyword arguments from the command line."""
-    return {
-        "tile_size": args.tile_size,
-        "overlap": args.overlap,
-        "batch_size": args.batch_size,
-        "bands": args.bands or getattr(processor, "bands", None),
-        "output_type": args.output_type,
-        "precision": precision,
-        "device": "cpu" if args.backend == "onnxruntime" else device,
-        "cog": not args.no_cog,
-        "progress": not args.quiet,
-    }
+) -> SceneOptions:
+    """predict_scene's options from the command line (flag -> field of the same name)."""
+    return SceneOptions(
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        bands=args.bands or getattr(processor, "bands", None),
+        output_type=args.output_type,
+        precision=precision,
+        device="cpu" if args.backend == "onnxruntime" else device,
+        cog=not args.no_cog,
+        progress=not args.quiet,
+    )
 
 
 def _provenance(args: argparse.Namespace, model: Any, processor: Any, precision: str) -> str:
@@ -272,7 +326,10 @@ def _provenance(args: argparse.Namespace, model: Any, processor: Any, precision:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    resolve_model_argument(args)
     _check_predict_arguments(args)
+    if args.default_model and not args.quiet:
+        print(f"model: {args.model} (the shipped default; --model chooses another)", flush=True)
     if args.output_dir is not None:
         return _run_predict_many(args)
     model, processor, precision = _load_segmentation_model(args)
@@ -285,9 +342,9 @@ def _run_predict(args: argparse.Namespace) -> int:
                 args.input,
                 args.output,
                 processor,
+                options=_scene_options(args, processor, precision, args.device),
                 overwrite=args.overwrite,
                 tags=tags,
-                **_scene_options(args, processor, precision, args.device),
             )
     except KeyboardInterrupt as interrupt:
         return _interrupted("predict", interrupt, args.output)
@@ -316,11 +373,13 @@ def _run_predict_many(args: argparse.Namespace) -> int:
             options = _scene_options(args, processor, precision, share.device(args.device))
             bands = 1 if args.output_type == "classes" else int(model.config.num_labels)
             provenance = _provenance(args, model, processor, precision)
-            options["tags"] = {PROVENANCE_TAG: provenance}
+            tags = {PROVENANCE_TAG: provenance}
 
             def predict(source: Any, output: Path, overwrite: bool) -> Any:
                 with _command_line_errors():
-                    return predict_scene(model, source, output, processor, overwrite=overwrite, **options)
+                    return predict_scene(
+                        model, source, output, processor, options=options, overwrite=overwrite, tags=tags
+                    )
 
             for job in mine:
                 outcome = run_scene(
@@ -393,25 +452,38 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
             "Segment a SAR scene of any size tile by tile (overlapping tiles, smooth blending, bounded\n"
             "memory) and write a Cloud-Optimized GeoTIFF with the input's CRS and transform: a uint8 class\n"
             "map (default) or one uint8 band per class with round(p * 254); 255 is nodata.\n"
-            "MODEL is a folder written by save_pretrained or a Hub id (from the local cache when offline)."
+            "The model is the shipped Sentinel-1 water / flood model unless --model (or a leading MODEL) names\n"
+            "another: a folder written by save_pretrained or a Hub id (from the local cache when offline)."
         ),
-        epilog=_SAR_HELP
+        epilog=_MODEL_HELP
+        + _SAR_HELP
         + _MANY_HELP
-        + "\nexamples:\n  di3cl predict outputs/water scene_vv_vh.tif water.tif --tile-size 512 --overlap 64\n"
+        + "\nexamples:\n  di3cl predict scene_vv_vh.tif water.tif                      # the shipped model\n"
+        "  di3cl predict chip_vv.tif chip_vh.tif --output-dir maps/     # one file per polarisation\n"
+        "  di3cl predict --model outputs/water scene.tif water.tif --tile-size 512 --overlap 64\n"
+        "  di3cl predict outputs/water scene.tif water.tif              # MODEL INPUT OUTPUT, as before\n"
         "  di3cl predict outputs/water 'archive/*.tif' @more.txt --output-dir maps/\n"
-        "  accelerate launch --multi_gpu --num_processes 4 -m di3cl_hf.cli predict outputs/water archive/ "
+        "  accelerate launch --multi_gpu --num_processes 4 -m di3cl_hf.cli predict archive/ "
         "--output-dir maps/\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=(
+            "di3cl predict [--model MODEL] INPUT OUTPUT [options]\n"
+            "       di3cl predict [--model MODEL] INPUT... --output-dir DIR [options]\n"
+            "       di3cl predict MODEL INPUT OUTPUT [options]           (the original form)"
+        ),
     )
     predict.add_argument(
-        "model", metavar="MODEL", help="model folder or Hub id (DI3CLForSemanticSegmentation)"
-    )
-    predict.add_argument(
-        "inputs",
-        metavar="INPUT",
+        "paths",
+        metavar="PATH",
         nargs="+",
         help="INPUT OUTPUT: one SAR scene file and the GeoTIFF to write (appears only when complete; never "
-        "INPUT); with --output-dir: scene files, folders, glob patterns or @list.txt files",
+        "INPUT); with --output-dir: scene files, folders, glob patterns or @list.txt files. A leading MODEL "
+        "(as in MODEL INPUT OUTPUT) is still accepted, see 'model' below",
+    )
+    predict.add_argument(
+        "--model",
+        default=None,
+        help=f"model folder, Hub id or .onnx file (default: the shipped {DEFAULT_WATER_MODEL.name})",
     )
     predict.add_argument(
         "--output-dir",

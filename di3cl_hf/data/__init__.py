@@ -1,13 +1,18 @@
 """SAR data: raster I/O, the SARSense and segmentation 🤗 datasets builders, Parquet export, synthetic data.
 
-- :mod:`.sario`: read/write SAR rasters (GeoTIFF, PNG/JPG, ``.npy``), window by window for large scenes
+- :mod:`.sario`: read SAR rasters (GeoTIFF, PNG/JPG, ``.npy``), window by window for large scenes; re-exports
+  the writers of :mod:`.geotiff` (atomic, window-by-window, Cloud-Optimized) and the shared types of
+  :mod:`.raster` (:class:`SARRaster`, :class:`SARFileError`)
 - :mod:`.polarisation`: one sample from one file per polarisation (``{id}_vv.tif`` + ``{id}_vh.tif``)
 - :mod:`.classes`: the downstream tasks' class lists (:data:`LANDCOVER_CLASSES`, ...)
 - :mod:`.builders`: what the builders share (fingerprints, shards, band names, skipped-file reports)
 - :mod:`.sarsense`: the SARSense pre-training builder (:func:`load_sarsense`)
 - :mod:`.segmentation`: the segmentation builder (:func:`load_segmentation`), label fractions, splits
+- :mod:`.segmentation_dataset`: the torch view the training loops read (:class:`SegmentationDataset`) and the
+  splits of a task (:func:`task_splits`)
 - :mod:`.flood`: ETCI 2021 and OMBRIA flood sets as they come (:func:`load_flood`, ``layout=`` of the builder)
-- :mod:`.parquet`: lossless array columns, decoding (:func:`with_decoding`), Parquet export + card
+- :mod:`.parquet`: lossless array columns, decoding (:func:`with_decoding`), Parquet export (its card from
+  :mod:`di3cl_hf.hub.dataset_card`)
 - :mod:`.samples`: the real Sentinel-1 sample shipped in the repository
 - :mod:`.synthetic`: synthetic SAR scenes, patches and segmentation sets
 """
@@ -50,6 +55,7 @@ from .segmentation import (
     match_pairs,
     train_validation_split,
 )
+from .segmentation_dataset import SegmentationDataset, task_splits
 
 __all__ = [
     "FLOOD_LAYOUTS",
@@ -67,6 +73,7 @@ __all__ = [
     "SARFileError",
     "SARSegmentation",
     "SARSense",
+    "SegmentationDataset",
     "SegmentationTask",
     "check_class_coverage",
     "class_names",
@@ -91,6 +98,7 @@ __all__ = [
     "read_sar",
     "sentinel1_sample",
     "skipped_files",
+    "task_splits",
     "train_validation_split",
     "with_decoding",
     "write_geotiff",

@@ -5,8 +5,9 @@ Model cards are written from what a run leaves on disk (``config.json``, ``prepr
 an evaluation JSON from :mod:`di3cl_hf.training.metrics`, an optional ``run_info`` dict) with
 :class:`huggingface_hub.ModelCard` / :class:`~huggingface_hub.ModelCardData`, which produce the YAML
 metadata (license, ``library_name: transformers``, pipeline tag, tags, datasets, base model and the
-``model-index`` of evaluation results) in the layout the Hub validates. Dataset cards are
-:func:`di3cl_hf.data.parquet.dataset_card`'s. The Space's card is its own ``space/README.md`` (checked,
+``model-index`` of evaluation results) in the layout the Hub validates; their results tables, ``metrics.md``
+and the evaluation grid's tables use :func:`format_table` (the paper's Table II layout). Dataset cards are
+built by :mod:`di3cl_hf.hub.dataset_card` (re-exported here). The Space's card is its own ``space/README.md`` (checked,
 not written, by :func:`di3cl_hf.hub.push.stage_space`).
 
 Example:
@@ -24,12 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
-import pyarrow.parquet as pq
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..data.parquet import dataset_card
-from ..training.metrics import format_table
+from .dataset_card import build_dataset_card, dataset_card
 
 DEFAULT_LICENSE = "apache-2.0"
 DEFAULT_TAGS = ("sar", "remote-sensing", "self-supervised", "di3cl", "earth-observation")
@@ -67,6 +65,56 @@ _TASK_NAMES = {
     "water": "SAR water-body detection",
     "roads": "SAR road extraction",
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# the paper's Table II layout
+
+
+def _percent_cell(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{100 * value:.2f}"
+
+
+def format_table(
+    results: Mapping[str, Mapping[str, Any]],
+    class_names: Sequence[str] | None = None,
+    relaxed: bool | None = None,
+) -> str:
+    """Markdown table in the layout of the paper's Table II: one row per method, OA / Kappa /
+    mIoU, then the F1 of every class, all in percent.
+
+    Args:
+        results: method name -> scores dict (from :meth:`SegmentationMetrics.compute` or
+            :func:`scores_from_confusion`, possibly reloaded from JSON).
+        class_names: columns to show (default: the classes of the first result).
+        relaxed: add relaxed precision / recall / F1 columns (default: when any result has them).
+    """
+    if not results:
+        raise ValueError("format_table: no results to format")
+    first = next(iter(results.values()))
+    names = list(class_names) if class_names is not None else list(first.get("per_class", {}))
+    if relaxed is None:
+        relaxed = any("relaxed" in scores for scores in results.values())
+    header = ["Method", "OA", "Kappa", "mIoU", *(f"F1 {name}" for name in names)]
+    if relaxed:
+        header += ["relaxed P", "relaxed R", "relaxed F1"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for method, scores in results.items():
+        per_class = scores.get("per_class", {})
+        cells = [
+            method,
+            _percent_cell(scores.get("overall_accuracy")),
+            _percent_cell(scores.get("kappa")),
+            _percent_cell(scores.get("miou")),
+            *(_percent_cell(per_class.get(name, {}).get("f1")) for name in names),
+        ]
+        if relaxed:
+            relaxed_scores_ = scores.get("relaxed", {})
+            cells += [_percent_cell(relaxed_scores_.get(key)) for key in ("precision", "recall", "f1")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -638,45 +686,6 @@ def timm_card(
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# dataset card
-
-
-def build_dataset_card(
-    data_dir: str | os.PathLike,
-    *,
-    pretty_name: str = "SAR patches",
-    description: str | None = None,
-    license: str = "other",
-    tags: Sequence[str] = (),
-) -> str:
-    """The card of a ``data/<split>-*.parquet`` folder that lacks its ``README.md``.
-
-    :func:`di3cl_hf.data.export_parquet` writes the card itself; this rebuilds the same card with
-    :func:`di3cl_hf.data.parquet.dataset_card` from the Parquet footers (features from the schema's
-    ``huggingface`` metadata, row counts per split), for folders whose card was lost or removed.
-
-    Raises:
-        FileNotFoundError: no ``data/<split>-*.parquet`` shards under ``data_dir``.
-    """
-    data_dir = Path(data_dir)
-    shards = sorted((data_dir / "data").glob("*-*.parquet"))
-    if not shards:
-        raise FileNotFoundError(
-            f"{data_dir}: no data/<split>-*.parquet shards, expected the output of di3cl export-parquet"
-        )
-    splits: dict[str, int] = {}
-    for shard in shards:
-        split = re.sub(r"-\d{5}-of-\d{5}$", "", shard.stem)
-        splits[split] = splits.get(split, 0) + pq.read_metadata(shard).num_rows
-    order = {"train": 0, "validation": 1, "test": 2}
-    splits = dict(sorted(splits.items(), key=lambda item: (order.get(item[0], 3), item[0])))
-    features = datasets.Features.from_arrow_schema(pq.read_schema(shards[0]))
-    return dataset_card(
-        features, splits, pretty_name=pretty_name, description=description, license=license, tags=tags
-    )
-
-
 __all__ = [
     "CITATION",
     "DEFAULT_LICENSE",
@@ -685,7 +694,9 @@ __all__ = [
     "PAPER_URL",
     "build_dataset_card",
     "build_model_card",
+    "dataset_card",
     "evaluation_results",
+    "format_table",
     "read_json",
     "read_model_config",
     "read_processor_config",

@@ -21,6 +21,7 @@ import torch
 from ..atomic import replace_directory
 from ..configuration_di3cl import DI3CLConfig
 from ..di3cl_layers import adapt_input_conv_weight
+from ..loading import WeightsFormatError, read_weights_file
 from ..modeling_di3cl import DI3CLForPreTraining
 
 # Release prefix -> prefix in DI3CLForPreTraining (after the DDP "module." prefix is removed).
@@ -58,7 +59,8 @@ def _list(keys, limit: int = 10) -> str:
 
 
 def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a release checkpoint with ``torch.load(weights_only=True)`` and drop the DDP ``module.`` prefix.
+    """Read a release checkpoint through :func:`di3cl_hf.loading.read_weights_file` (``torch.load(weights_only=True)``,
+    the DDP ``module.`` prefix dropped).
 
     Accepts the release's ``{"state_dict": ...}`` dictionary or a bare state dict.
 
@@ -70,19 +72,13 @@ def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling errors of many kinds
-        raise CheckpointConversionError(
-            f"{path}: cannot be read as a weights-only PyTorch checkpoint ({type(error).__name__}: {error})"
-        ) from error
-    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
-    if not isinstance(state_dict, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state_dict.values()
-    ):
+        return read_weights_file(path)
+    except WeightsFormatError as error:
         raise CheckpointConversionError(
             f"{path}: expected a dict with a 'state_dict' of tensors (the release's layout)"
-        )
-    return {key.removeprefix("module."): value for key, value in state_dict.items()}
+        ) from error
+    except ValueError as error:  # unsafe or unreadable (UnsafeWeightsError, CorruptWeightsError)
+        raise CheckpointConversionError(str(error)) from error
 
 
 def map_original_keys(

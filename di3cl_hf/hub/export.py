@@ -20,14 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from timm.models import save_for_hf
 from torch import nn
-from transformers.utils import logging as transformers_logging
 
 from ..atomic import write_text
-from ..loading import find_encoder
-from ..modeling_di3cl import DI3CLModel
+from ..loading import find_encoder, load_encoder_quietly
 from .cards import DEFAULT_LICENSE, PAPER_URL, read_model_config, read_processor_config, timm_card
 
 # The architecture's default pretrained_cfg describes ImageNet weights (tag, license, paper,
@@ -58,15 +55,6 @@ def _encoder_state_dict(model: nn.Module, timm_keys: Iterable[str]) -> dict[str,
             f"(e.g. {missing[:3]!r}); cannot export to timm"
         )
     return {key: state[key] for key in timm_keys}
-
-
-def _load_encoder_model(model_dir: Path) -> DI3CLModel:
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # a task model's heads are expected to be left out
-    try:
-        return DI3CLModel.from_pretrained(model_dir, dtype=torch.float32)
-    finally:
-        transformers_logging.set_verbosity(verbosity)
 
 
 def _timm_pretrained_cfg(timm_model: nn.Module, architecture: str, license: str) -> dict[str, Any]:
@@ -134,7 +122,7 @@ def export_timm(
     num_channels = int(config.get("num_channels", 2))
     if not timm.is_model(architecture):
         raise ValueError(f"{model_dir / 'config.json'}: backbone {architecture!r} is not a timm architecture")
-    model = _load_encoder_model(model_dir)
+    model = load_encoder_quietly(model_dir)  # any DI3CL class; its heads are left out by design
     timm_model = timm.create_model(architecture, pretrained=False, num_classes=0, in_chans=num_channels)
     timm_model.load_state_dict(_encoder_state_dict(model, timm_model.state_dict()), strict=True)
     timm_model.eval()

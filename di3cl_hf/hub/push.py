@@ -26,7 +26,7 @@ from huggingface_hub import DatasetCard, HfApi, ModelCard
 
 from .. import modeling_di3cl
 from ..atomic import write_json, write_text
-from .cards import build_dataset_card, build_model_card, read_json, read_model_config
+from .cards import DEFAULT_LICENSE, build_dataset_card, build_model_card, read_json, read_model_config
 
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+(\.+)([\w.]*)\s+import", flags=re.MULTILINE)
 # The package root (di3cl_hf/): the remote-code files are its flat modules, never its subpackages.
@@ -132,6 +132,41 @@ def _available_auto_classes() -> dict[str, str]:
     }
 
 
+def with_auto_map(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a ``config.json`` dict) with the remote-code ``auto_map`` filled in where missing."""
+    return {**config, "auto_map": {**_available_auto_classes(), **(config.get("auto_map") or {})}}
+
+
+def processor_with_auto_map(processor: dict[str, Any]) -> dict[str, Any]:
+    """``processor`` (a ``preprocessor_config.json`` dict) with its remote-code ``auto_map`` filled in."""
+    return {**processor, "auto_map": {**PROCESSOR_AUTO_CLASSES, **(processor.get("auto_map") or {})}}
+
+
+def _is_shipped(model_dir: Path) -> bool:
+    from .ship import is_shipped_folder  # ship imports this module
+
+    return is_shipped_folder(model_dir)
+
+
+def _stage_shipped(model_dir: Path, stage_dir: Path, include_code: bool, card_kwargs: dict[str, Any]) -> Path:
+    """A folder written by :func:`di3cl_hf.hub.ship.ship_model`: every file as it is, its card included."""
+    given = sorted(
+        key
+        for key, value in card_kwargs.items()
+        if value not in (None, [], (), {})
+        and key != "repo_id"
+        and (key, value) != ("license", DEFAULT_LICENSE)
+    )
+    if given or not include_code:
+        what = ", ".join(given + ([] if include_code else ["no code"]))
+        raise ValueError(
+            f"{model_dir}: a shipped folder (di3cl ship-model) is pushed unchanged, with its own card; {what} would "
+            "change it. Rebuild it with di3cl ship-model, or pass card= explicitly."
+        )
+    _copy_tree(model_dir, stage_dir, MODEL_IGNORE_PATTERNS)
+    return stage_dir
+
+
 def stage_model(
     model_dir: str | os.PathLike,
     stage_dir: str | os.PathLike,
@@ -145,7 +180,9 @@ def stage_model(
     Weights and configs are hard-linked (or copied) from ``model_dir`` without training state
     (:data:`MODEL_IGNORE_PATTERNS`); ``README.md`` is our card; with ``include_code`` the remote-code
     files are added and ``auto_map`` is filled in ``config.json`` / ``preprocessor_config.json``
-    where missing.
+    where missing. A folder written by :func:`di3cl_hf.hub.ship.ship_model` (the package's shipped
+    models) is staged unchanged, file for file, with its own card (unless ``card`` is given); card
+    arguments that would change it are refused.
 
     Args:
         model_dir: a ``save_pretrained`` folder.
@@ -163,20 +200,20 @@ def stage_model(
         raise ValueError(f"{stage_dir}: staging folder is not empty")
     if not any(model_dir.glob("*.safetensors")):
         raise FileNotFoundError(f"{model_dir}: no *.safetensors weights, expected save_pretrained output")
+    if card is None and _is_shipped(model_dir):
+        return _stage_shipped(model_dir, stage_dir, include_code, card_kwargs)
     _copy_tree(model_dir, stage_dir, MODEL_IGNORE_PATTERNS + ("README.md",))
     if include_code:
         for path in remote_code_files():
             shutil.copy2(path, stage_dir / path.name)
         config = read_json(stage_dir / "config.json")
-        auto_map = {**_available_auto_classes(), **(config.get("auto_map") or {})}
         (stage_dir / "config.json").unlink()  # a hard link to the source: replace, never edit in place
-        write_json(stage_dir / "config.json", {**config, "auto_map": auto_map})
+        write_json(stage_dir / "config.json", with_auto_map(config))
         processor_path = stage_dir / "preprocessor_config.json"
         if processor_path.is_file():
             processor = read_json(processor_path)
-            processor_map = {**PROCESSOR_AUTO_CLASSES, **(processor.get("auto_map") or {})}
             processor_path.unlink()
-            write_json(processor_path, {**processor, "auto_map": processor_map})
+            write_json(processor_path, processor_with_auto_map(processor))
     if card is None:
         card = build_model_card(model_dir, has_code=include_code, **card_kwargs)
     write_text(stage_dir / "README.md", str(card))
@@ -291,6 +328,9 @@ def push_dataset(
 
 SPACE_REAL_EXAMPLES = ("water/images/Spain_7370579_vh.tif", "scenes/003.tif")
 """Real Sentinel-1 files the Space offers as examples (``space/app.py`` ``REAL_EXAMPLES``)."""
+SPACE_REAL_FILES = (*SPACE_REAL_EXAMPLES, "water/images/Spain_7370579_vv.tif")
+"""Every real file staged with the Space: its examples and the VV file of the chip it stacks into a VV + VH
+example (``space/app.py`` ``REAL_DUAL_POL``)."""
 
 
 def stage_space(
@@ -320,7 +360,7 @@ def stage_space(
         _copy_tree(PACKAGE_DIR, stage_dir / "di3cl_hf", ("**/__pycache__/**", "__pycache__/**", "*.pyc"))
     samples = PACKAGE_DIR.parent / "samples" / "sentinel1"
     if samples.is_dir():  # the Space's real examples, with their attribution
-        for name in (*SPACE_REAL_EXAMPLES, "README.md"):
+        for name in (*SPACE_REAL_FILES, "README.md"):
             _link_or_copy(samples / name, stage_dir / "examples" / "sentinel1" / name)
     if models_dir is not None:
         models_dir = Path(models_dir)
@@ -371,10 +411,14 @@ __all__ = [
     "PROCESSOR_AUTO_CLASSES",
     "REMOTE_CODE_ROOTS",
     "SPACE_IGNORE_PATTERNS",
+    "SPACE_REAL_EXAMPLES",
+    "SPACE_REAL_FILES",
+    "processor_with_auto_map",
     "push_dataset",
     "push_model",
     "push_space",
     "remote_code_files",
     "stage_model",
     "stage_space",
+    "with_auto_map",
 ]

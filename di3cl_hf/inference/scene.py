@@ -44,7 +44,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,7 @@ from ..image_processing_di3cl import DI3CLImageProcessor
 from ..loading import check_channels
 from ..memory import reuse_large_allocations
 from ..radiometry import resolve_kind
-from ..runtime import StopSignal, default_device, resolve_precision
-from ..runtime import autocast_dtype as precision_dtype
+from ..runtime import StopSignal, autocast_dtype, default_device, resolve_precision
 from .blending import (
     BLEND_MODES,
     MIN_TILE_SIZE,
@@ -366,59 +365,17 @@ class _TileRunner:
             return out.numpy()
 
 
-def predict_scene(
-    model: torch.nn.Module,
-    source: SceneSource,
-    output_path: str | os.PathLike[str] | None = None,
-    processor: Any = None,
-    *,
-    tile_size: int = 512,
-    overlap: int = 64,
-    batch_size: int = 4,
-    bands: Sequence[int] | None = None,
-    output_type: str = "classes",
-    precision: str = "auto",
-    device: str | torch.device | None = None,
-    blend: str = "cosine",
-    cog: bool = True,
-    channels_last: bool = True,
-    progress: bool = True,
-    gdal_cache_mb: int = 64,
-    overwrite: bool = False,
-    tags: dict[str, str] | None = None,
-) -> ScenePrediction:
-    """Segment a whole SAR scene tile by tile into a georeferenced GeoTIFF, or into arrays in memory.
+@dataclass(frozen=True, kw_only=True)
+class SceneOptions:
+    """How :func:`predict_scene` cuts, runs and writes a scene (``di3cl predict``'s flags of the same names).
 
-    The model is any ``nn.Module`` mapping pixel values ``[B, C, T, T]`` to logits ``[B, K, h, w]``
-    (a tensor, or an output with ``.logits`` such as ``SemanticSegmenterOutput``; logits at a lower
-    resolution are upsampled bilinearly). It is put in eval mode and, with ``channels_last``,
-    converted to the channels-last memory format (same values, faster convolutions on CPU).
-
-    Example:
-        >>> from di3cl_hf.loading import load_model_and_processor  # doctest: +SKIP
-        >>> model, processor = load_model_and_processor("outputs/water")  # doctest: +SKIP
-        >>> predict_scene(model, "scene.tif", "water.tif", processor)  # doctest: +SKIP
-        >>> raster = read_sar("scene.tif")  # or any SARRaster(array, valid_mask, crs, transform, nodata, ...)
-        >>> predict_scene(model, raster, None, processor).classes  # doctest: +SKIP
-
-    Args:
-        model: The segmentation model.
-        source: The SAR scene (1 or 2 bands, or ``bands``): a path (GeoTIFF/TIFF, PNG/JPG or
-            ``.npy``), a list of single-band per-polarisation files (``[vv.tif, vh.tif]``), an open
-            rasterio dataset (left open), or an in-memory :class:`~di3cl_hf.data.sario.SARRaster`
-            (see :mod:`di3cl_hf.inference.sources`). Every kind gives the same prediction.
-        output_path: The GeoTIFF to write; it appears only once complete. Never the input; an
-            existing file only with ``overwrite``; its folder must exist. Checked before computing.
-            ``None``: nothing is written, the prediction is returned in ``ScenePrediction.array``
-            (the same uint8 values the file would hold) with the scene's ``crs`` and ``transform``.
-        processor: A ``DI3CLImageProcessor`` carrying the radiometry (kind, dB range, nodata value,
-            normalisation). ``None`` builds the default one for ``model.config.num_channels``.
+    Attributes:
         tile_size: Tile height and width fed to the model (a multiple of 32 for DI3CL models; at least 32). A
             scene smaller than a tile is predicted at its own size, padded (by reflection) only up to a
             multiple of 32 (:func:`scene_tiling`), so its map does not depend on how much larger the tile is.
         overlap: Minimum overlap between neighbouring tiles, also the length of the blending ramp.
         batch_size: Tiles per forward pass.
-        bands: 1-based bands of the input to use, e.g. ``bands=(1, 2)`` for VV, VH.
+        bands: Bands of the input to use (1-based indexes or names), e.g. ``(1, 2)`` or ``("VV", "VH")``.
         output_type: ``"classes"`` (uint8 class indices, one band) or ``"probabilities"`` (one uint8
             band per class, ``round(p * 254)``); 255 is nodata in both.
         precision: One of :data:`di3cl_hf.runtime.PRECISIONS`: ``"auto"`` (bf16 autocast where the
@@ -429,59 +386,134 @@ def predict_scene(
         channels_last: Run the model in the channels-last memory format.
         progress: Show a tqdm progress bar over tiles.
         gdal_cache_mb: GDAL block cache limit while reading/writing (keeps memory flat for huge scenes).
+    """
+
+    tile_size: int = 512
+    overlap: int = 64
+    batch_size: int = 4
+    bands: Sequence[int | str] | None = None
+    output_type: str = "classes"
+    precision: str = "auto"
+    device: str | torch.device | None = None
+    blend: str = "cosine"
+    cog: bool = True
+    channels_last: bool = True
+    progress: bool = True
+    gdal_cache_mb: int = 64
+
+    def updated(self, **changes: Any) -> SceneOptions:
+        """A copy with ``changes``; an unknown name is a ``TypeError`` naming it and the known ones."""
+        unknown = sorted(set(changes) - {item.name for item in fields(self)})
+        if unknown:
+            names = ", ".join(item.name for item in fields(self))
+            raise TypeError(f"predict_scene: unknown option(s) {', '.join(unknown)}; the options are {names}")
+        return replace(self, **changes) if changes else self
+
+
+def predict_scene(
+    model: torch.nn.Module,
+    source: SceneSource,
+    output_path: str | os.PathLike[str] | None = None,
+    processor: Any = None,
+    *,
+    options: SceneOptions | None = None,
+    overwrite: bool = False,
+    tags: dict[str, str] | None = None,
+    **option_values: Any,
+) -> ScenePrediction:
+    """Segment a whole SAR scene tile by tile into a georeferenced GeoTIFF, or into arrays in memory.
+
+    The model is any ``nn.Module`` mapping pixel values ``[B, C, T, T]`` to logits ``[B, K, h, w]``
+    (a tensor, or an output with ``.logits`` such as ``SemanticSegmenterOutput``; logits at a lower
+    resolution are upsampled bilinearly). It is put in eval mode and, with ``channels_last``,
+    converted to the channels-last memory format (same values, faster convolutions on CPU).
+
+    Example:
+        >>> model, processor = load_model_and_processor("outputs/water")  # doctest: +SKIP
+        >>> predict_scene(model, "scene.tif", "water.tif", processor, options=SceneOptions(tile_size=256))  # doctest: +SKIP
+        >>> predict_scene(model, read_sar("scene.tif"), None, processor, overlap=32).classes  # doctest: +SKIP
+
+    Args:
+        model: The segmentation model.
+        source: The SAR scene (1 or 2 bands, or ``bands``): a path (GeoTIFF/TIFF, PNG/JPG or ``.npy``), a list of
+            single-band per-polarisation files (``[vv.tif, vh.tif]``), an open rasterio dataset (left open), or an
+            in-memory :class:`~di3cl_hf.data.sario.SARRaster` (:mod:`di3cl_hf.inference.sources`).
+        output_path: The GeoTIFF to write; it appears only once complete. Never the input; an existing file only
+            with ``overwrite``; its folder must exist. Checked before computing. ``None``: the prediction is
+            returned in ``ScenePrediction.array`` (the uint8 values the file would hold) with ``crs``/``transform``.
+        processor: A ``DI3CLImageProcessor`` carrying the radiometry (kind, dB range, nodata value,
+            normalisation). ``None`` builds the default one for ``model.config.num_channels``.
+        options: How the scene is tiled, run and written (:class:`SceneOptions`; default: its defaults).
         overwrite: Replace an existing output.
         tags: GeoTIFF metadata tags of the output (what made the map, :mod:`di3cl_hf.inference.provenance`).
+        **option_values: Fields of :class:`SceneOptions` given one by one (``tile_size=256``), over ``options``.
 
-    Returns:
-        A :class:`ScenePrediction` summary.
-
-    On a CPU under Linux/glibc, freed blocks of up to 64 MiB (the model's activations of a batch) stay
-    on the heap for reuse while the scene runs, instead of being mapped afresh each batch (see
-    :func:`di3cl_hf.memory.reuse_large_allocations` and ``python benchmarks/scene.py``); glibc's usual
-    settings are restored afterwards.
-    In the main thread, SIGTERM is handled like Ctrl-C while the scene runs (``KeyboardInterrupt``),
-    so the temporary output is removed either way.
+    On a CPU under Linux/glibc, freed blocks of up to 64 MiB stay on the heap for reuse while the scene runs
+    (:func:`di3cl_hf.memory.reuse_large_allocations`). In the main thread, SIGTERM is handled like Ctrl-C
+    (``KeyboardInterrupt``), so the temporary output is removed either way.
 
     Raises:
-        ValueError: Bad arguments, a processor whose channels are not the model's, or a file that
-            cannot be read as a SAR scene.
+        ValueError: Bad options, a processor whose channels are not the model's, or an unreadable scene.
         OutputPathError: The output is the input, a directory, or in a missing / read-only folder
             (a ``ValueError``); ``OutputExistsError`` when it exists without ``overwrite``.
         FileNotFoundError: The input does not exist.
+        TypeError: An unknown option name.
     """
-    output_path = _check_request(source, output_path, output_type, tile_size, overlap, batch_size, overwrite)
-    blend_weights(tile_size, overlap, blend)  # checks ``blend`` before any work
-    device = torch.device(device) if device is not None else default_device()
-    dtype = precision_dtype(resolve_precision(precision, device))
-    processor, num_labels = _prepare_model(model, processor, device, channels_last, output_type)
+    opts = (options or SceneOptions()).updated(**option_values)
+    output_path = _check_request(source, output_path, opts, overwrite)
+    device = torch.device(opts.device) if opts.device is not None else default_device()
+    dtype = autocast_dtype(resolve_precision(opts.precision, device))
+    processor, num_labels = _prepare_model(model, processor, device, opts.channels_last, opts.output_type)
     start = time.perf_counter()
     with (
         StopSignal(raise_on_signal=True, message="stopping, removing the unfinished output"),
         reuse_large_allocations(device.type == "cpu", max_block_mib=64),
-        rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb)),
+        rasterio.Env(GDAL_CACHEMAX=int(opts.gdal_cache_mb)),
         open_source(source) as scene,
     ):
-        preprocess = ScenePreprocessor(processor, scene, bands)
-        tile, tile_overlap = scene_tiling(scene.height, scene.width, tile_size, overlap)
-        weights_1d = blend_weights(tile, tile_overlap, blend)
-        weights_2d = np.outer(weights_1d, weights_1d)
-        runner = _TileRunner(model, device, dtype, weights_2d, channels_last)
-        layout = _Layout.for_scene(scene, model, tile, tile_overlap, weights_2d, num_labels, output_type)
-        sink = _ArraySink(scene, layout) if output_path is None else None
-        skipped = _write_prediction(
-            output_path, scene, preprocess, runner, layout, batch_size, cog, progress, sink=sink, tags=tags
-        )
+        run = _SceneRun(model, processor, output_path, opts, device, dtype, num_labels, tags, start)
+        return _predict_open_scene(scene, run)
+
+
+@dataclass
+class _SceneRun:
+    """The checked arguments of one :func:`predict_scene` call."""
+
+    model: torch.nn.Module
+    processor: Any
+    output_path: Path | None
+    opts: SceneOptions
+    device: torch.device
+    dtype: torch.dtype | None
+    num_labels: int
+    tags: dict[str, str] | None
+    start: float
+
+
+def _predict_open_scene(scene: Any, run: _SceneRun) -> ScenePrediction:
+    """:func:`predict_scene` on an open scene, its arguments checked: tile, run, blend, write; the summary."""
+    model, output_path, opts, dtype = run.model, run.output_path, run.opts, run.dtype
+    preprocess = ScenePreprocessor(run.processor, scene, opts.bands)
+    tile, tile_overlap = scene_tiling(scene.height, scene.width, opts.tile_size, opts.overlap)
+    weights_1d = blend_weights(tile, tile_overlap, opts.blend)
+    weights_2d = np.outer(weights_1d, weights_1d)
+    runner = _TileRunner(model, run.device, dtype, weights_2d, opts.channels_last)
+    layout = _Layout.for_scene(scene, model, tile, tile_overlap, weights_2d, run.num_labels, opts.output_type)
+    sink = _ArraySink(scene, layout) if output_path is None else None
+    skipped = _write_prediction(
+        output_path, scene, preprocess, runner, layout, opts.batch_size, opts.cog, opts.progress, sink, run.tags
+    )  # fmt: skip
     return ScenePrediction(
         path=output_path,
         height=scene.height,
         width=scene.width,
         num_tiles=len(layout.rows) * len(layout.cols),
         tiles_skipped=skipped,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - run.start,
         autocast_dtype=str(dtype or torch.float32).replace("torch.", ""),
         input_kind=preprocess.input_kind,
         array=sink.array if sink is not None else None,
-        output_type=output_type,
+        output_type=opts.output_type,
         crs=scene.crs,
         transform=scene.transform,
         gcps=getattr(scene, "gcps", None),
@@ -491,19 +523,20 @@ def predict_scene(
 def _check_request(
     source: SceneSource,
     output_path: str | os.PathLike[str] | None,
-    output_type: str,
-    tile_size: int,
-    overlap: int,
-    batch_size: int,
+    options: SceneOptions,
     overwrite: bool,
 ) -> Path | None:
-    """Check :func:`predict_scene`'s arguments before any work; the checked output path (``None``: in memory)."""
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    check_tiling(tile_size, overlap, batch_size)
-    if output_path is None:
-        return None
-    return check_output_path(output_path, source_files(source), overwrite=overwrite)
+    """Check :func:`predict_scene`'s options before any work; the checked output path (``None``: in memory)."""
+    if options.output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {options.output_type!r}")
+    check_tiling(options.tile_size, options.overlap, options.batch_size)
+    checked = (
+        None
+        if output_path is None
+        else check_output_path(output_path, source_files(source), overwrite=overwrite)
+    )
+    blend_weights(options.tile_size, options.overlap, options.blend)  # checks ``blend`` before any work
+    return checked
 
 
 def _prepare_model(
@@ -700,6 +733,7 @@ __all__ = [
     "OUTPUT_NODATA",
     "OUTPUT_TYPES",
     "PROBABILITY_SCALE",
+    "SceneOptions",
     "ScenePrediction",
     "ScenePreprocessor",
     "argmax_planes",

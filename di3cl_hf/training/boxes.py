@@ -30,6 +30,7 @@ import functools
 import itertools
 import operator
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -276,8 +277,8 @@ def sample_box_pairs(
     return tuple(boxes.clone() for boxes in found)
 
 
-# One vectorised pass over the whole batch (draw, IoU, greedy accept, gather); split up it would need the
-# planar intermediates passed between pieces, which is what made it fast (benchmarks/boxes.py).
+# One vectorised pass over the whole batch (draw, IoU, greedy accept, gather) in three steps that pass planar
+# tensors ([axis, image] / [4, N]) between them, which is what makes it fast (benchmarks/boxes.py).
 def _sample(
     geometry: torch.Tensor,
     boxes_per_image: int,
@@ -291,21 +292,62 @@ def _sample(
     return_source_boxes: bool,
 ) -> tuple[torch.Tensor, ...] | None:
     """:func:`sample_box_pairs` on both views' geometries [2, B, 9] (float32, ``_XY_ORDER``); None: no boxes."""
-    # [view, (offset, crop, output), axis (x, y), image]
-    fields = geometry[..., :6].transpose(1, 2).reshape(2, 3, 2, -1)
-    offset, crop, output = fields.unbind(dim=1)  # [2 (view), 2 (x, y), B]
-    # Intersection of the two crops in source pixels, and the scaled space: per axis, the smaller zoom.
-    origin = offset.amax(dim=0)  # [2, B]
-    zoom = output / crop  # [2, 2, B]
-    scale = zoom.amin(dim=0)
-    extent = ((offset + crop).amin(dim=0) - origin) * scale
-    usable = (extent >= min_box_size).all(dim=0)
-    images = None  # None: every image
-    if not bool(usable.all()):
-        images = usable.nonzero().flatten()
-        if images.numel() == 0:
-            return None
+    space = _Intersection.of(geometry, min_box_size)
+    if space is None:
+        return None
+    image_index, scaled = _accepted_boxes(
+        space, boxes_per_image, min_box_size, iou_threshold, max_tries, generator, box_sampling
+    )
+    if image_index.shape[0] == 0:
+        return None
+    return _boxes_in_views(
+        geometry, space, image_index, scaled, box_jitter, generator, clip, return_source_boxes
+    )
 
+
+@dataclass
+class _Intersection:
+    """Per image, the intersection of the two crops in the scaled space where boxes are drawn (planar tensors)."""
+
+    offset: torch.Tensor  # [2 (view), 2 (x, y), B] crop offsets in source pixels
+    output: torch.Tensor  # [2, 2, B] view sizes
+    origin: torch.Tensor  # [2, B] intersection origin in source pixels
+    zoom: torch.Tensor  # [2, 2, B] output / crop
+    scale: torch.Tensor  # [2, B] per axis, the smaller zoom
+    extent: torch.Tensor  # [2, B] intersection size in the scaled space
+    images: torch.Tensor | None  # the images with room for a box (None: every image)
+
+    @classmethod
+    def of(cls, geometry: torch.Tensor, min_box_size: float) -> _Intersection | None:
+        """From geometries [2, B, 9]; ``None`` when no image has room for a box of ``min_box_size``."""
+        # [view, (offset, crop, output), axis (x, y), image]
+        fields = geometry[..., :6].transpose(1, 2).reshape(2, 3, 2, -1)
+        offset, crop, output = fields.unbind(dim=1)  # [2 (view), 2 (x, y), B]
+        # Intersection of the two crops in source pixels, and the scaled space: per axis, the smaller zoom.
+        origin = offset.amax(dim=0)  # [2, B]
+        zoom = output / crop  # [2, 2, B]
+        scale = zoom.amin(dim=0)
+        extent = ((offset + crop).amin(dim=0) - origin) * scale
+        usable = (extent >= min_box_size).all(dim=0)
+        images = None  # None: every image
+        if not bool(usable.all()):
+            images = usable.nonzero().flatten()
+            if images.numel() == 0:
+                return None
+        return cls(offset, output, origin, zoom, scale, extent, images)
+
+
+def _accepted_boxes(
+    space: _Intersection,
+    boxes_per_image: int,
+    min_box_size: float,
+    iou_threshold: float,
+    max_tries: int,
+    generator: torch.Generator | None,
+    box_sampling: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw and greedily accept boxes in the scaled space: (image index [N], boxes [4, N]), image-major."""
+    extent, images = space.extent, space.images
     # Draw a short sequence per image first (most draws are accepted), then longer ones only for the
     # images whose loop has not stopped yet; acceptance is recomputed over the extended sequence.
     limit = boxes_per_image * max_tries
@@ -319,39 +361,56 @@ def _sample(
     )  # [4, length, b]
     accepted, finished = _greedy_planar(draws, boxes_per_image, iou_threshold, max_tries)
     if bool(finished.all()):  # the usual case: one round
-        image_index, scaled = _take(draws, accepted, images)
-    else:
-        if images is None:
-            images = torch.arange(extent.shape[1])
-        image_parts, box_parts = [], []
-        while True:
-            done = finished.nonzero().flatten()
-            parts = _take(draws.index_select(2, done), accepted.index_select(1, done), images[done])
-            image_parts.append(parts[0])
-            box_parts.append(parts[1])
-            pending = (~finished).nonzero().flatten()
-            if pending.numel() == 0:
-                break
-            images = images[pending]
-            extra = min(length * 2, limit) - length
-            length += extra
-            more = _draw_planar(extent.index_select(1, images), extra, min_box_size, generator, box_sampling)
-            draws = torch.cat([draws.index_select(2, pending), more], dim=1)
-            accepted, finished = _greedy_planar(draws, boxes_per_image, iou_threshold, max_tries)
-        # later rounds appended their images at the end: restore image-major order
-        image_index, scaled = torch.cat(image_parts), torch.cat(box_parts, dim=1)
-        order = torch.sort(image_index, stable=True).indices
-        image_index, scaled = image_index[order], scaled[:, order]
-    count = image_index.shape[0]
-    if count == 0:
-        return None
+        return _take(draws, accepted, images)
+    if images is None:
+        images = torch.arange(extent.shape[1])
+    image_parts, box_parts = [], []
+    while True:
+        done = finished.nonzero().flatten()
+        parts = _take(draws.index_select(2, done), accepted.index_select(1, done), images[done])
+        image_parts.append(parts[0])
+        box_parts.append(parts[1])
+        pending = (~finished).nonzero().flatten()
+        if pending.numel() == 0:
+            break
+        images = images[pending]
+        extra = min(length * 2, limit) - length
+        length += extra
+        more = _draw_planar(extent.index_select(1, images), extra, min_box_size, generator, box_sampling)
+        draws = torch.cat([draws.index_select(2, pending), more], dim=1)
+        accepted, finished = _greedy_planar(draws, boxes_per_image, iou_threshold, max_tries)
+    # later rounds appended their images at the end: restore image-major order
+    image_index, scaled = torch.cat(image_parts), torch.cat(box_parts, dim=1)
+    order = torch.sort(image_index, stable=True).indices
+    return image_index[order], scaled[:, order]
 
+
+def _boxes_in_views(
+    geometry: torch.Tensor,
+    space: _Intersection,
+    image_index: torch.Tensor,
+    scaled: torch.Tensor,
+    box_jitter: float,
+    generator: torch.Generator | None,
+    clip: bool,
+    return_source_boxes: bool,
+) -> tuple[torch.Tensor, ...]:
+    """Boxes of the scaled intersection space -> source pixels -> both views' rows ``[N, 5]`` (image, x1, y1, x2,
+    y2), plus the source boxes when asked."""
+    count = image_index.shape[0]
     # Scaled intersection space -> source pixels -> both views at once, as [corner, axis, N] points.
     turns = torch.remainder(geometry[..., 8].round().long(), 4)  # [2, B]
     flags = torch.cat([geometry[..., 6:8], _turn_table()[turns]], dim=-1).transpose(1, 2)  # [2, 5, B]
     # everything per box comes from its image: one gather of a per-image table
     table = torch.cat(
-        [scale, origin, offset.flatten(0, 1), zoom.flatten(0, 1), output.flatten(0, 1), flags.flatten(0, 1)]
+        [
+            space.scale,
+            space.origin,
+            space.offset.flatten(0, 1),
+            space.zoom.flatten(0, 1),
+            space.output.flatten(0, 1),
+            flags.flatten(0, 1),
+        ]
     )
     table = table.index_select(1, image_index)  # [26, N]
     source = scaled.view(2, 2, count) / table[0:2] + table[2:4]

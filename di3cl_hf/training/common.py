@@ -1,10 +1,13 @@
-"""What pre-training, fine-tuning and evaluation share: arguments, checkpoints + resume, precision, trackers.
+"""What pre-training, fine-tuning and evaluation share: arguments, the Accelerator, the run folder, checkpoints.
 
 - :class:`TrainingArguments`: the one vocabulary of run flags (``output_dir``, ``seed``, ``mixed_precision``,
   ``save_steps``, ``save_total_limit``, ``resume_from_checkpoint``, ``logging_steps``, ``report_to``,
   ``disable_tqdm``); :func:`parse_dataclass_args` reads any argument dataclass from the command line or a JSON
   file. Old fine-tuning spellings (``save_every``, ``checkpoints_total_limit``, ``progress``) and the precision
   ``no`` still work for one release, with one deprecation warning each.
+- :func:`build_accelerator`: the one device rule (:func:`training_device`), precision (:func:`run_precision`),
+  trackers and log folder of every loop; the run folder's layout is :data:`RUN_LAYOUT` (marker, ``config.json``,
+  ``checkpoints/``, ``logs/``, ``metrics.json``, card).
 - Checkpoints (:func:`save_checkpoint`, :func:`list_checkpoints`, :func:`resolve_checkpoint`,
   :func:`load_checkpoint`): ``<output_dir>/checkpoints/checkpoint-<step>``, written by Accelerate's
   ``save_state`` into a temporary folder renamed into place, the newest ``save_total_limit`` kept. The trainer's
@@ -39,10 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
 from accelerate.utils import load as accelerate_safe_load
 from transformers import HfArgumentParser
 
-from ..atomic import replace_directory, write_json
+from ..atomic import replace_directory, write_json, write_text
 from ..runtime import PRECISIONS, accelerate_mixed_precision, normalise_precision, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -56,6 +61,21 @@ LEGACY_CUSTOM_STATE = "custom_checkpoint_0.pkl"
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
 RUN_MARKER = ".di3cl-run"
 CHECKPOINT_MARKER = ".di3cl-checkpoint"
+LOGS_DIRNAME = "logs"
+RUN_CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.json"
+CARD_NAME = "README.md"
+RUN_LAYOUT = {
+    RUN_MARKER: "the run id: this folder is the run's (later runs of the family may replace its files)",
+    RUN_CONFIG_NAME: "the DI3CLConfig of the model the run trains",
+    f"{CHECKPOINTS_DIRNAME}/": "checkpoint-<step> folders (resume with --resume_from_checkpoint)",
+    f"{LOGS_DIRNAME}/": "tracker logs (TensorBoard by default)",
+    METRICS_NAME: "the final metrics and the run summary",
+    CARD_NAME: "the model card of what the run produced",
+}
+"""The run folder (``--output_dir``) of every loop. Pre-training adds ``encoder/`` (and ``best-encoder/``, each a
+model folder with its processor and card) and ``trainer_state.json``; fine-tuning writes its model's files
+(``model.safetensors``, ``preprocessor_config.json``) beside ``config.json``, and ``metrics.md``."""
 
 # output_dir (absolute) -> (overwrite_output_dir, resume_from_checkpoint) of the TrainingArguments built for it:
 # what check_output_dir(args.output_dir) falls back to when its caller does not pass the flags.
@@ -227,12 +247,51 @@ def _run_marker(output_dir: str | os.PathLike) -> dict[str, Any]:
     return content if isinstance(content, dict) else {}
 
 
+def accelerate_forced_cpu() -> bool:
+    """Whether Accelerate is told to use the CPU (``ACCELERATE_USE_CPU``, as ``accelerate launch --cpu`` sets it)."""
+    return os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+
+
+def training_device() -> torch.device:
+    """The device rule of every loop: CUDA when available and not forced off (:func:`accelerate_forced_cpu`),
+    else the CPU: the device Accelerate will use."""
+    return torch.device("cuda" if torch.cuda.is_available() and not accelerate_forced_cpu() else "cpu")
+
+
 def run_precision(requested: str) -> tuple[str, str]:
-    """``(resolved precision, Accelerate's mixed_precision)`` on the device Accelerate will use."""
-    forced_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
-    device = torch.device("cuda" if torch.cuda.is_available() and not forced_cpu else "cpu")
-    precision = resolve_precision(requested, device)
+    """``(resolved precision, Accelerate's mixed_precision)`` on :func:`training_device`."""
+    precision = resolve_precision(requested, training_device())
     return precision, accelerate_mixed_precision(precision)
+
+
+def build_accelerator(args: TrainingArguments, **options: Any) -> tuple[Accelerator, str]:
+    """The one ``Accelerator`` of every loop and the resolved precision (:func:`run_precision`).
+
+    Device by :func:`training_device`; with several processes on the CPU (``accelerate launch --multi_gpu`` on a
+    machine without GPUs) Accelerate is told to use the CPU so that it builds a gloo process group (MULTI_CPU)
+    instead of every process training alone. Trackers from ``--report_to``, their logs in
+    ``<output_dir>/logs`` (:data:`LOGS_DIRNAME`). ``options`` go to ``Accelerator`` as they are
+    (``gradient_accumulation_steps``, ``kwargs_handlers``, ``dataloader_config``, ...).
+    """
+    precision, mixed_precision = run_precision(args.mixed_precision)
+    several_cpu_processes = training_device().type == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(
+        cpu=several_cpu_processes,
+        mixed_precision=mixed_precision,
+        log_with=trackers(args.report_to),
+        project_config=ProjectConfiguration(
+            project_dir=str(args.output_dir), logging_dir=str(Path(args.output_dir) / LOGS_DIRNAME)
+        ),
+        **options,
+    )
+    return accelerator, precision
+
+
+def write_run_config(accelerator: Any, output_dir: str | os.PathLike, config: Any) -> None:
+    """Write :data:`RUN_CONFIG_NAME` (the model's ``PretrainedConfig``, as ``save_pretrained`` writes it) into the
+    run folder, on the main process, atomically."""
+    if accelerator.is_main_process:
+        write_text(Path(output_dir) / RUN_CONFIG_NAME, config.to_json_string())
 
 
 def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
@@ -454,14 +513,21 @@ def load_checkpoint(accelerator: Any, path: str | os.PathLike) -> dict[str, Any]
 
 
 __all__ = [
+    "CARD_NAME",
     "CHECKPOINTS_DIRNAME",
     "CHECKPOINT_MARKER",
     "CHECKPOINT_PREFIX",
+    "LOGS_DIRNAME",
+    "METRICS_NAME",
+    "RUN_CONFIG_NAME",
+    "RUN_LAYOUT",
     "RUN_MARKER",
     "TRAINER_STATE_NAME",
     "TRAINING_STATE_NAME",
     "TrainingArguments",
     "UnsafeCheckpointError",
+    "accelerate_forced_cpu",
+    "build_accelerator",
     "check_checkpoint_files",
     "check_output_dir",
     "checkpoint_step",
@@ -474,5 +540,7 @@ __all__ = [
     "save_checkpoint",
     "tracker_config",
     "trackers",
+    "training_device",
     "warn_deprecated",
+    "write_run_config",
 ]

@@ -1,11 +1,16 @@
-"""The evaluation grid: initialisation x label fraction x task, k-means on frozen features, tables and plots.
+"""Scoring models on labelled sets (``di3cl evaluate``): one saved model, the label-fraction grid, k-means.
 
-- :class:`EvaluationGridArguments` and :func:`run_evaluation_grid` (``examples/evaluate.py``): every
-  (task, initialisation, label fraction, seed) fine-tuned with the same budget
-  (:class:`~di3cl_hf.training.finetuning.FinetuneBudget`), one comparison table and the label-efficiency
+- :func:`evaluate_model` (``di3cl evaluate model``): a saved segmentation model scored on one split with the
+  fine-tuning metrics.
+- :class:`EvaluationGridArguments` and :func:`run_evaluation_grid` (``di3cl evaluate grid``,
+  ``examples/evaluate.py``): every (task, initialisation, label fraction, seed) fine-tuned with the same budget
+  (:class:`~di3cl_hf.training.finetuning_args.FinetuneBudget`), one comparison table and the label-efficiency
   curves as a PNG.
 - :func:`evaluate_kmeans`: the unsupervised setting, k-means on dense encoder features scored with
   Hungarian-matched mIoU.
+
+Frozen encoders on labelled chips (``di3cl evaluate probe``) are :mod:`di3cl_hf.training.probing`'s; the
+arguments of every mode are in :mod:`di3cl_hf.training.evaluation_args`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +33,23 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, write_text
 from ..configuration_di3cl import STAGE_NAMES, DI3CLConfig
+from ..data.segmentation import class_names as dataset_class_names
+from ..data.segmentation import load_segmentation
+from ..data.segmentation_dataset import SegmentationDataset
 from ..image_processing_di3cl import DI3CLImageProcessor
-from ..loading import load_model_and_processor
+from ..loading import load_imagenet_weights, load_model_and_processor
 from ..modeling_di3cl import DI3CLModel
-from .common import parse_dataclass_args
-from .finetuning import (
-    INITIALISATIONS,
-    TASKS,
-    FinetuneArguments,
-    FinetuneBudget,
-    SegmentationDataset,
-    finetune,
-    load_imagenet_weights,
-    load_task_splits,
+from .common import METRICS_NAME
+from .evaluation_args import (
+    EvaluationGridArguments,
+    ModelEvaluationArguments,
+    ProbeArguments,
+    parse_grid_args,
+    parse_probe_args,
 )
-from .metrics import format_table, hungarian_scores, save_json
+from .finetuning import finetune, load_task_splits, relaxed_class
+from .finetuning_args import FinetuneArguments, FinetuneBudget
+from .metrics import SegmentationMetrics, format_table, hungarian_scores, save_json
 
 METRIC_LABELS = {"miou": "mIoU", "overall_accuracy": "OA", "kappa": "Kappa", "mean_f1": "mean F1"}
 
@@ -122,72 +129,50 @@ def evaluate_kmeans(
     return scores
 
 
-def _budget_default(name: str, default: Any) -> Any:
-    """A FinetuneBudget field with another default (same help text)."""
-    return field(default=default, metadata=FinetuneBudget.__dataclass_fields__[name].metadata)
+@torch.no_grad()
+def evaluate_model(args: ModelEvaluationArguments) -> dict[str, Any]:
+    """Score a saved segmentation model on one split of a labelled folder (``di3cl evaluate model``).
 
+    The model and its processor load through :func:`di3cl_hf.loading.load_model_and_processor`; the split is read
+    as fine-tuning reads it (:class:`~di3cl_hf.data.segmentation_dataset.SegmentationDataset`, nodata pixels
+    ignored) and scored with :class:`~di3cl_hf.training.metrics.SegmentationMetrics` (relaxed road scores for
+    roads). Writes ``metrics.json`` (model, data, split, scores) and ``metrics.md`` (the paper's Table II layout)
+    under ``args.output_dir``.
 
-@dataclass(kw_only=True)
-class EvaluationGridArguments(FinetuneBudget):
-    """Arguments of the evaluation grid (``examples/evaluate.py``). The budget every fine-tuning of the grid
-    shares is a :class:`~di3cl_hf.training.finetuning.FinetuneBudget` (inherited, passed on as is); the defaults
-    below are the grid's (a small, quick budget)."""
-
-    output_dir: str = field(
-        metadata={"help": "evaluation.json, evaluation.md and label_efficiency.png go here."}
+    Returns:
+        The scores dict of :meth:`SegmentationMetrics.compute`.
+    """
+    model, processor = load_model_and_processor(
+        args.model_name_or_path, "segmentation", local_files_only=args.local_files_only
     )
-    pretrained_model: str | None = field(
-        default=None, metadata={"help": "DI3CL checkpoint folder for the 'di3cl' initialisation."}
-    )
-    tasks: list[str] = field(default_factory=lambda: list(TASKS), metadata={"help": "Tasks of the grid."})
-    initialisations: list[str] = field(
-        default_factory=lambda: ["di3cl", "random"], metadata={"help": "Initialisations compared."}
-    )
-    label_fractions: list[float] = field(
-        default_factory=lambda: [0.01, 0.1], metadata={"help": "Fractions of labelled training samples."}
-    )
-    seeds: list[int] = field(
-        default_factory=lambda: [0],
-        metadata={
-            "help": "Seeds; each (task, init, fraction) runs once per seed (label subset, heads, data order)."
-        },
-    )
-    kmeans: bool = field(
-        default=True, metadata={"help": "Also score k-means clusters of the frozen encoder."}
-    )
-    save_models: bool = field(
-        default=False,
-        metadata={"help": "Keep every fine-tuned model (save_pretrained + processor + card) under runs/."},
-    )
-    kmeans_stage: str = field(default="stage3", metadata={"help": "Encoder stage clustered by k-means."})
-    metric: str = field(
-        default="miou", metadata={"help": "Metric of the curves: miou, overall_accuracy, kappa."}
-    )
-    num_threads: int = field(
-        default=0,
-        metadata={"help": "torch intra-op threads (0: torch's default; 1 is fastest on a small shared CPU)."},
-    )
-    # The grid's budget defaults (the fields themselves, with their help, are FinetuneBudget's).
-    backbone: str = _budget_default("backbone", "resnet18")
-    crop_size: int | None = _budget_default("crop_size", 128)
-    batch_size: int = _budget_default("batch_size", 4)
-    max_steps: int = _budget_default("max_steps", 100)
-    learning_rate: float = _budget_default("learning_rate", 5e-4)
-    decoder_hidden_size: int = _budget_default("decoder_hidden_size", 128)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        unknown = [name for name in self.initialisations if name not in INITIALISATIONS]
-        if unknown:
-            raise ValueError(
-                f"EvaluationGridArguments: unknown initialisations {unknown}, expected {INITIALISATIONS}"
-            )
-        if "di3cl" in self.initialisations and not self.pretrained_model:
-            raise ValueError("EvaluationGridArguments: the 'di3cl' initialisation needs --pretrained_model")
-        if self.metric not in ("miou", "overall_accuracy", "kappa", "mean_f1"):
-            raise ValueError(
-                f"EvaluationGridArguments: metric={self.metric!r}, expected miou/overall_accuracy/kappa"
-            )
+    splits = load_segmentation(
+        args.data_dir, task=args.task, class_names=args.class_names, image_dtype=None, layout=args.layout,
+        nodata=args.nodata,
+    )  # fmt: skip
+    if args.split not in splits:
+        raise ValueError(
+            f"{args.data_dir}: no {args.split!r} split for task {args.task!r} (found {list(splits)})"
+        )
+    names = dataset_class_names(splits[args.split])
+    if int(model.config.num_labels) != len(names):
+        raise ValueError(
+            f"{args.model_name_or_path}: {model.config.num_labels} classes, the {args.task!r} set has {len(names)}"
+        )
+    ignore_index = model.config.semantic_loss_ignore_index
+    metrics = SegmentationMetrics(
+        len(names), names, ignore_index=ignore_index, relaxed_class=relaxed_class(names, args.task),
+        relaxed_buffer=args.relaxed_buffer,
+    )  # fmt: skip
+    dataset = SegmentationDataset(splits[args.split], processor, ignore_index=ignore_index)
+    for batch in DataLoader(dataset, batch_size=args.batch_size):
+        metrics.update(model(pixel_values=batch["pixel_values"]).logits.argmax(dim=1), batch["labels"])
+    scores = metrics.compute()
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record = {"model": args.model_name_or_path, "data": args.data_dir, "task": args.task, "split": args.split}
+    save_json({**record, "scores": scores}, output_dir / METRICS_NAME)
+    write_text(output_dir / "metrics.md", format_table({Path(args.model_name_or_path).name: scores}))
+    return scores
 
 
 def _grid_finetune_arguments(
@@ -461,20 +446,19 @@ def plot_label_efficiency(
     return path
 
 
-def parse_grid_args(argv: Sequence[str] | None = None) -> EvaluationGridArguments:
-    """Parse ``argv`` (default ``sys.argv[1:]``) into :class:`EvaluationGridArguments`; a single ``.json`` file works too."""
-    return parse_dataclass_args(EvaluationGridArguments, None if argv is None else list(argv))
-
-
 __all__ = [
     "EvaluationGridArguments",
     "HEADLINE_METRICS",
+    "ModelEvaluationArguments",
+    "ProbeArguments",
     "comparison_table",
     "dense_features",
     "evaluate_kmeans",
+    "evaluate_model",
     "grid_markdown",
     "mean_scores",
     "parse_grid_args",
+    "parse_probe_args",
     "plot_label_efficiency",
     "run_evaluation_grid",
 ]

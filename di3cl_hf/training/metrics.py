@@ -38,6 +38,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from ..atomic import write_json
+from ..hub.cards import format_table  # the paper's Table II layout (cards, metrics.md, the grid)
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -389,52 +390,6 @@ def _json_ready(value: Any) -> Any:
 def save_json(scores: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``scores`` as indented JSON (``nan`` -> ``null``), atomically (temp file + rename)."""
     return write_json(path, _json_ready(scores), allow_nan=False)
-
-
-def _percent(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{100 * value:.2f}"
-
-
-def format_table(
-    results: Mapping[str, Mapping[str, Any]],
-    class_names: Sequence[str] | None = None,
-    relaxed: bool | None = None,
-) -> str:
-    """Markdown table in the layout of the paper's Table II: one row per method, OA / Kappa /
-    mIoU, then the F1 of every class, all in percent.
-
-    Args:
-        results: method name -> scores dict (from :meth:`SegmentationMetrics.compute` or
-            :func:`scores_from_confusion`, possibly reloaded from JSON).
-        class_names: columns to show (default: the classes of the first result).
-        relaxed: add relaxed precision / recall / F1 columns (default: when any result has them).
-    """
-    if not results:
-        raise ValueError("format_table: no results to format")
-    first = next(iter(results.values()))
-    names = list(class_names) if class_names is not None else list(first.get("per_class", {}))
-    if relaxed is None:
-        relaxed = any("relaxed" in scores for scores in results.values())
-    header = ["Method", "OA", "Kappa", "mIoU", *(f"F1 {name}" for name in names)]
-    if relaxed:
-        header += ["relaxed P", "relaxed R", "relaxed F1"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for method, scores in results.items():
-        per_class = scores.get("per_class", {})
-        cells = [
-            method,
-            _percent(scores.get("overall_accuracy")),
-            _percent(scores.get("kappa")),
-            _percent(scores.get("miou")),
-            *(_percent(per_class.get(name, {}).get("f1")) for name in names),
-        ]
-        if relaxed:
-            relaxed_scores_ = scores.get("relaxed", {})
-            cells += [_percent(relaxed_scores_.get(key)) for key in ("precision", "recall", "f1")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 __all__ = [

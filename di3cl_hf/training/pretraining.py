@@ -23,13 +23,15 @@
   ``save_total_limit`` kept; ``--resume_from_checkpoint latest`` continues from the exact step; SIGTERM / SIGINT
   finish the current step, save a checkpoint and exit cleanly; a non-finite loss skips the update (the keys it
   enqueued are taken out again, :meth:`DI3CLForPreTraining.restore_queues`) and ``max_consecutive_nonfinite`` of them in a row stop the run.
-- **Outputs**: a tqdm bar on the main process, TensorBoard scalars through Accelerate's trackers, and at the end
-  the encoder (:class:`~di3cl_hf.modeling_di3cl.DI3CLModel`, from the query side), the image processor and a
-  model card in ``<output_dir>/encoder``; ``--push_to_hub`` uploads that folder.
+- **Outputs** (the run folder of every loop, :data:`~di3cl_hf.training.common.RUN_LAYOUT`): the run marker,
+  ``config.json`` (the pre-training model's config), ``checkpoints/``, TensorBoard scalars in ``logs/``, and at the
+  end the encoder (:class:`~di3cl_hf.modeling_di3cl.DI3CLModel`, from the query side), the image processor and a
+  model card in ``<output_dir>/encoder`` (:mod:`.run_outputs`), the same card as ``README.md`` and the run summary
+  as ``metrics.json``; ``--push_to_hub`` uploads the encoder folder.
 
-Layout: :func:`main` = :func:`setup` (accelerator, data from :mod:`.pretraining_data`, model, optimiser, resume),
-:func:`train` (:func:`train_step` per update, :func:`log_metrics`, checkpoints), :func:`finish` (final checkpoint,
-encoder, card).
+Layout: :func:`main` = :func:`setup` (accelerator from :func:`~di3cl_hf.training.common.build_accelerator`, data
+from :mod:`.pretraining_data`, model, optimiser, resume), :func:`train` (:func:`train_step` per update,
+:func:`log_metrics`, checkpoints), :func:`finish` (final checkpoint, encoder, card) — the steps of fine-tuning too.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -48,33 +49,33 @@ from typing import Any
 import datasets
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import gather_object, set_seed
 from timm.optim import create_optimizer_v2, list_optimizers
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..atomic import replace_directory, write_json, write_text
+from ..atomic import write_json, write_text
 from ..configuration_di3cl import DI3CLConfig
-from ..hub.cards import build_model_card
-from ..hub.push import push_model
-from ..loading import find_encoder
+from ..loading import find_encoder, load_backbone_weights_into, load_local_backbone_weights
 from ..memory import reuse_large_allocations
 from ..modeling_di3cl import DI3CLForPreTraining, DI3CLModel
 from ..runtime import StopSignal, accelerate_mixed_precision, fused_optimizer
 from .common import (
+    CARD_NAME,
+    METRICS_NAME,
     TRAINER_STATE_NAME,
+    build_accelerator,
     check_output_dir,
     list_checkpoints,
     load_checkpoint,
     maybe_compile,
     parse_dataclass_args,
     resolve_checkpoint,
-    run_precision,
     save_checkpoint,
     tracker_config,
     trackers,
+    write_run_config,
 )
-from .imagenet import load_backbone_weights_into, load_local_backbone_weights
 from .monitor import ProbeMonitor, load_probe_data
 from .pretraining_args import (
     OPTIMIZER_ALIASES,
@@ -95,12 +96,16 @@ from .pretraining_data import (
     seeded_rng,
     warn_queue_vs_corpus,
 )
+from .run_outputs import (
+    BEST_ENCODER_DIRNAME,
+    ENCODER_DIRNAME,
+    push_folder_to_hub,
+    run_info,
+    save_encoder,
+)
 from .statistics import estimate_statistics, processor_statistics
 
 logger = logging.getLogger(__name__)
-
-ENCODER_DIRNAME = "encoder"
-BEST_ENCODER_DIRNAME = "best-encoder"
 
 
 def build_optimizer(
@@ -149,83 +154,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: PretrainingArguments
     return get_scheduler(
         args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=max(1, total_steps)
     )
-
-
-def run_info(args: PretrainingArguments, config, summary: dict) -> dict[str, Any]:
-    """Facts of the run for the model card's "Training" section (:func:`di3cl_hf.hub.build_model_card`)."""
-    data = args.data_dir or ", ".join(args.data_files or []) or args.dataset_name or "?"
-    metrics = summary.get("last_metrics") or {}
-    chance = 1.0 / (config.queue_size + 1)
-    info: dict[str, Any] = {
-        "data": f"{data} ({summary.get('num_images') or 'streamed'} images"
-        + (", streamed)" if args.streaming else ")"),
-        "objective": ("MoCo v2 (DI and CC off): " if args.objective == "mocov2" else "DI3CL: ")
-        + "global InfoNCE (stage4) + contour InfoNCE (stage3) + dynamic-instance regression, "
-        f"weights {config.global_loss_weight} / {config.contour_loss_weight} / {config.instance_loss_weight}",
-        "backbone, channels, view size": f"{config.backbone}, {config.num_channels}, {config.image_size} px "
-        f"(augmentation preset {args.augmentation_preset})",
-        "queue size, temperature, key momentum": f"{config.queue_size}, {config.temperature}, {config.momentum}",
-        "processes x per-device batch x accumulation": f"{summary.get('num_processes')} x "
-        f"{args.per_device_batch_size} x {args.gradient_accumulation_steps} = {summary.get('global_batch_size')}",
-        "optimiser": f"{args.optimizer}, lr {summary.get('learning_rate', 0.0):.5g}, momentum "
-        f"{args.optimizer_momentum}, weight decay {args.weight_decay}, {args.lr_scheduler_type} schedule, "
-        f"warm-up {args.warmup_steps or args.warmup_ratio}",
-        "updates / images seen": f"{summary.get('global_step')} / {summary.get('images_seen')}",
-        "precision / memory format": f"{summary.get('mixed_precision')} / "
-        + ("channels_last" if args.channels_last else "contiguous"),
-        "ImageNet initialisation": Path(args.imagenet_weights).name if args.imagenet_weights else "none",
-        "skipped non-finite steps": summary.get("nonfinite_total", 0),
-        "input statistics (image_mean / image_std, preprocessor_config.json)": (
-            f"measured on up to {args.statistics_samples} sampled patches"
-            if args.statistics_samples > 0
-            else "nominal (not measured)"
-        ),
-        "seed": args.seed,
-    }
-    monitor = summary.get("monitor") or {}
-    if monitor.get("best_step") is not None:
-        info["online monitor (linear probe IoU of the validation folder)"] = (
-            f"best {monitor['best_score']:.4f} at update {monitor['best_step']} (every {args.monitor_steps} "
-            f"updates; this folder: update {summary.get('global_step')})"
-        )
-    if metrics:
-        info["final training metrics"] = (
-            f"loss {metrics.get('loss', float('nan')):.4f}, global top-1 {metrics.get('global_top1', float('nan')):.3f}, "
-            f"contour top-1 {metrics.get('contour_top1', float('nan')):.3f} (chance 1/(K+1) = {chance:.2e}), "
-            f"instance loss {metrics.get('instance_loss', float('nan')):.4f}"
-        )
-    return info
-
-
-def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False) -> Any:
-    """Push the encoder folder with :func:`di3cl_hf.hub.push_model`, keeping its README.md (our run's card)."""
-    card = (Path(folder) / "README.md").read_text()
-    return push_model(folder, repo_id, private=private, card=card, commit_message="DI3CL pre-trained encoder")
-
-
-def save_encoder(
-    model,
-    processor,
-    args: PretrainingArguments,
-    summary: dict,
-    output_dir: str,
-    dirname: str = ENCODER_DIRNAME,
-) -> Path:
-    """Write ``<output_dir>/<dirname>`` (DI3CLModel + image processor + README.md) atomically."""
-    final = Path(output_dir) / dirname
-    tmp = Path(output_dir) / f".tmp-{dirname}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    encoder = model.export_encoder()
-    encoder.save_pretrained(str(tmp))
-    processor.save_pretrained(str(tmp))
-    card = build_model_card(  # named after the run folder, not the temporary one being written
-        tmp,
-        repo_id=args.hub_model_id or Path(output_dir).resolve().name,
-        run_info=run_info(args, model.config, summary),
-        tags=["pretraining"],
-    )
-    write_text(tmp / "README.md", str(card))
-    return replace_directory(tmp, final)
 
 
 METRIC_NAMES = (
@@ -363,30 +291,6 @@ class PretrainingRun:
         }
 
 
-def _accelerator(args: PretrainingArguments, mixed_precision: str, log_with: list[str] | None) -> Accelerator:
-    # `accelerate launch --multi_gpu` on a machine without GPUs starts N processes, but Accelerate only builds a
-    # gloo process group (MULTI_CPU) when told to use the CPU; otherwise every process would train alone.
-    forced_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
-    on_cpu = forced_cpu or not torch.cuda.is_available()
-    run_on_cpu = on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(
-        cpu=run_on_cpu,
-        mixed_precision=mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=log_with,
-        project_config=ProjectConfiguration(
-            project_dir=str(args.output_dir), logging_dir=str(Path(args.output_dir) / "runs")
-        ),
-        # Queues and BN statistics need no broadcast every step: queues are identical by construction (gathered
-        # keys); BN runs in train mode. Every trainable parameter is in each graph (the model ties the instance
-        # heads in with a zero when a batch has no box), so no unused-parameter search is needed.
-        kwargs_handlers=[
-            DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=False)
-        ],
-        step_scheduler_with_optimizer=False,
-    )
-
-
 def _build_batches(args: PretrainingArguments, config: DI3CLConfig, rank: int, world: int):
     processor, transform, collator = build_transform_and_collator(args, config)
     raw = load_pretraining_dataset(args)
@@ -440,14 +344,24 @@ def setup(args: PretrainingArguments) -> PretrainingRun:
         overwrite_output_dir=args.overwrite_output_dir,
         resume_from_checkpoint=args.resume_from_checkpoint,
     )
-    precision, mixed_precision = run_precision(args.mixed_precision)
     log_with = trackers(args.report_to)
-    accelerator = _accelerator(args, mixed_precision, log_with)
+    accelerator, precision = build_accelerator(
+        args,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # Queues and BN statistics need no broadcast every step: queues are identical by construction (gathered
+        # keys); BN runs in train mode. Every trainable parameter is in each graph (the model ties the instance
+        # heads in with a zero when a batch has no box), so no unused-parameter search is needed.
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=False)
+        ],
+        step_scheduler_with_optimizer=False,
+    )
     logging.basicConfig(level=logging.WARNING)
     logger.setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
     rank, world = accelerator.process_index, accelerator.num_processes
     config = build_config(args)
     check_queue_and_batch(config.queue_size, args.per_device_batch_size, world)
+    write_run_config(accelerator, args.output_dir, config)
     processor, batches, num_images, total_steps = _build_batches(args, config, rank, world)
     model = _build_model(args, config)
     monitor = None
@@ -696,7 +610,8 @@ def monitor_now(run: PretrainingRun) -> float:
 
 
 def finish(run: PretrainingRun) -> None:
-    """Final checkpoint, queue check, encoder + card (+ Hub upload) and ``trainer_state.json``."""
+    """Final checkpoint, queue check, encoder + card (+ Hub upload), ``metrics.json`` (also as
+    ``trainer_state.json``) and the card at the top of the run folder."""
     accelerator, args = run.accelerator, run.args
     if run.stopped_by != "signal":
         checkpoint_now(run)
@@ -710,11 +625,16 @@ def finish(run: PretrainingRun) -> None:
         if run.stopped_by is None:
             path = save_encoder(run.unwrapped, run.processor, args, summary, args.output_dir)
             summary["encoder_dir"] = str(path)
+            write_text(Path(args.output_dir) / CARD_NAME, (path / CARD_NAME).read_text())
             accelerator.print(f"encoder, image processor and model card saved to {path}")
             if args.push_to_hub:
                 commit = push_folder_to_hub(path, args.hub_model_id, private=args.hub_private)
                 accelerator.print(f"pushed to {getattr(commit, 'commit_url', args.hub_model_id)}")
-        write_json(Path(args.output_dir) / TRAINER_STATE_NAME, summary, durable=True, sort_keys=True)
+        for name in (
+            TRAINER_STATE_NAME,
+            METRICS_NAME,
+        ):  # trainer_state.json: its name before the shared layout
+            write_json(Path(args.output_dir) / name, summary, durable=True, sort_keys=True)
     accelerator.wait_for_everyone()
     if run.log_with:
         accelerator.end_training()
@@ -729,6 +649,8 @@ def main(args: PretrainingArguments) -> int:
 
 
 __all__ = [
+    "BEST_ENCODER_DIRNAME",
+    "ENCODER_DIRNAME",
     "EpochShardSampler",
     "IntervalMeter",
     "PretrainingArguments",

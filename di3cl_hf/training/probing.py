@@ -1,7 +1,9 @@
 """Frozen-encoder evaluation on labelled image chips: pooled features, linear probe, k-NN and few-shot probes.
 
-Used by ``examples/evaluate_mstar.py`` (MSTAR-10, 17° train / 15° test), but written for any folder laid out as
-``root/<split>/<class name>/<image>``. The protocol:
+``di3cl evaluate probe`` (:func:`run_probes`, arguments :class:`~di3cl_hf.training.evaluation_args.ProbeArguments`)
+and ``examples/evaluate_mstar.py`` (MSTAR-10, 17° train / 15° test) run it on any folder laid out as
+``root/<split>/<class name>/<image>``; the encoders are DI3CL folders or random ones (:func:`build_encoder`). The
+protocol:
 
 - **features**: every chip is read as 8-bit grey, centre-cropped to ``crop`` pixels (padded when smaller), turned
   into ``pixel_values`` by the encoder's :class:`DI3CLImageProcessor` (resized to ``size``) and encoded once, without
@@ -18,16 +20,24 @@ Used by ``examples/evaluate_mstar.py`` (MSTAR-10, 17° train / 15° test), but w
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from ..atomic import write_json, write_text
+from ..configuration_di3cl import DI3CLConfig
+from ..image_processing_di3cl import DI3CLImageProcessor
+from ..loading import load_model_and_processor
+from ..modeling_di3cl import DI3CLModel
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp")
 WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -96,6 +106,98 @@ def extract_features(
         if progress is not None:
             progress(min(start + batch_size, len(paths)), len(paths))
     return torch.cat(features)
+
+
+def build_encoder(name: str, source: str, args: Any) -> tuple[nn.Module, DI3CLImageProcessor]:
+    """The frozen encoder that ``NAME=source`` names: a DI3CL folder (through
+    :func:`di3cl_hf.loading.load_model_and_processor`, local files only) or ``random`` (``args.backbone``,
+    ``args.num_channels``, seeded by ``args.random_seed``)."""
+    if source == "random":
+        torch.manual_seed(args.random_seed)
+        model = DI3CLModel(DI3CLConfig(backbone=args.backbone, num_channels=args.num_channels)).eval()
+        return model, DI3CLImageProcessor(num_channels=args.num_channels)
+    model, processor = load_model_and_processor(source, task="features", local_files_only=True)
+    return model, processor
+
+
+def configure_processor(
+    processor: DI3CLImageProcessor, args: Any, train_paths: list[Path]
+) -> Callable[[list[np.ndarray]], torch.Tensor]:
+    """Set radiometry / resize / normalisation; returns a chips -> pixel_values function."""
+    processor.do_resize, processor.size = True, {"height": args.size, "width": args.size}
+    if args.radiometry == "amplitude":
+        processor.input_kind, processor.clip_percentiles = "amplitude", [1.0, 99.9]
+
+    def to_arrays(chips: list[np.ndarray]) -> list[np.ndarray]:
+        if args.radiometry == "dn8":
+            return chips
+        return [
+            chip.astype(np.float32) / 255.0 for chip in chips
+        ]  # amplitude; DN 0 is floored by the processor
+
+    if args.normalisation == "fit":
+        rng = np.random.default_rng(0)
+        sample = [
+            train_paths[i]
+            for i in rng.choice(len(train_paths), size=min(500, len(train_paths)), replace=False)
+        ]
+        processor.do_normalize = False
+        unit = processor(to_arrays([read_chip(p, args.crop) for p in sample]), return_tensors="pt")
+        processor.do_normalize = True
+        values = unit["pixel_values"].transpose(0, 1).flatten(1)
+        processor.image_mean = [float(v) for v in values.mean(1)]
+        processor.image_std = [float(v) for v in values.std(1)]
+
+    def to_pixel_values(chips: list[np.ndarray]) -> torch.Tensor:
+        return processor(to_arrays(chips), return_tensors="pt")["pixel_values"]
+
+    return to_pixel_values
+
+
+def features_for(
+    name: str, source: str, args: Any, train: ChipSplit, test: ChipSplit
+) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Pooled features of both splits for the encoder ``NAME=source`` and what describes it (source, weights digest,
+    processor statistics, seconds); cached under ``args.cache_dir`` when it is set (keyed by the weights' digest
+    and the input settings)."""
+    model, processor = build_encoder(name, source, args)
+    to_pixel_values = configure_processor(processor, args, train.paths)
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    settings = f"{args.crop}-{args.size}-{args.radiometry}-{args.normalisation}"
+    cache = (
+        Path(args.cache_dir) / f"{name}-{digest.hexdigest()[:12]}-{settings}.pt" if args.cache_dir else None
+    )
+    info = {
+        "source": source if source == "random" else str(Path(source).resolve()),
+        "weights_sha256_12": digest.hexdigest()[:12],
+        "image_mean": processor.image_mean,
+        "image_std": processor.image_std,
+        "input_kind": processor.input_kind,
+    }
+    if source == "random":
+        info["random_seed"] = args.random_seed
+    if cache is not None and cache.is_file():
+        stored = torch.load(cache, weights_only=True)
+        info["feature_seconds"] = stored["seconds"]
+        return info, stored["train"], stored["test"]
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % (args.batch_size * 10) == 0:
+            print(f"  {name}: {done}/{total} chips, {time.perf_counter() - start:.0f} s", flush=True)
+
+    train_features = extract_features(
+        model, to_pixel_values, train.paths, args.crop, args.batch_size, progress
+    )
+    test_features = extract_features(model, to_pixel_values, test.paths, args.crop, args.batch_size, progress)
+    seconds = round(time.perf_counter() - start, 1)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"train": train_features, "test": test_features, "seconds": seconds}, cache)
+    info["feature_seconds"] = seconds
+    return info, train_features, test_features
 
 
 def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -251,3 +353,56 @@ def evaluate_features(
         }
     results["probe_seconds"] = round(time.perf_counter() - start, 1)
     return results
+
+
+def run_probes(args: Any) -> dict:
+    """``di3cl evaluate probe``: every encoder of ``args.encoders`` (``NAME=FOLDER`` or ``NAME=random``) scored with
+    :func:`evaluate_features` on the chips of ``args.data_dir`` (a :class:`~di3cl_hf.training.evaluation_args.
+    ProbeArguments`); writes ``probes.json`` and ``probes.md`` under ``args.output_dir`` and returns the summary
+    (``protocol``, ``encoders``: name -> source facts and scores)."""
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+    train = list_chips(args.data_dir, args.train_split)
+    test = list_chips(args.data_dir, args.test_split, class_names=train.class_names)
+    keys = ("crop", "size", "radiometry", "normalisation", "epochs", "seeds", "shots", "knn_k")
+    protocol = {"num_train": len(train.paths), "num_test": len(test.paths), "class_names": train.class_names}
+    summary: dict = {"protocol": {**protocol, **{key: getattr(args, key) for key in keys}}, "encoders": {}}
+    for spec in args.encoders:
+        name, _, source = spec.partition("=")
+        start = time.perf_counter()
+        info, train_features, test_features = features_for(name, source, args, train, test)
+        results = evaluate_features(
+            train_features,
+            train.labels,
+            test_features,
+            test.labels,
+            args.shots,
+            args.seeds,
+            args.epochs,
+            args.knn_k,
+        )
+        summary["encoders"][name] = {**info, **results, "wall_seconds": round(time.perf_counter() - start, 1)}
+    summary["arguments"] = asdict(args)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(output_dir / "probes.json", summary, indent=2)
+    write_text(output_dir / "probes.md", probes_table(summary))
+    return summary
+
+
+def probes_table(summary: dict) -> str:
+    """Markdown table of :func:`run_probes`: accuracy (%) of the linear probe, k-NN and k-shot probes per encoder
+    (mean ± std over the probe seeds)."""
+    shots = summary["protocol"]["shots"]
+    knn = sorted({k for entry in summary["encoders"].values() for k in entry["knn"]}, key=int)
+
+    def cell(entry: dict) -> str:
+        return f"{100 * entry['accuracy']:.1f} ± {100 * entry['std']:.1f}"
+
+    header = ["encoder", "linear probe", *(f"k-NN k={k}" for k in knn), *(f"{s}-shot" for s in shots)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, entry in summary["encoders"].items():
+        row = [name, cell(entry["linear_probe"]), *(f"{100 * entry['knn'][k]:.1f}" for k in knn)]
+        row += [cell(entry["few_shot"][str(s)]) for s in shots]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
