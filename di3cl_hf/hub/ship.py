@@ -546,11 +546,7 @@ def ship_model(
         storage.update(_compare_outputs(stage, fp32, stored))
         previous = source_card_facts(source)  # what the fine-tuning run's card recorded
         card_kwargs = dict(repo_id=repo_id or target.name, evaluation=evaluation, license=license)
-        card_kwargs.update(
-            datasets=datasets or previous.get("datasets"),
-            base_model=base_model or previous.get("base_model"),
-            run_info=run_info if run_info is not None else previous.get("run_info"),
-        )
+        card_kwargs.update(_recorded(previous, datasets=datasets, base_model=base_model, run_info=run_info))
         check_no_machine_paths(write_card(stage, text, storage, **card_kwargs))
         report = verify_shipped_folder(stage, max_bytes)
         if target.exists() and not overwrite:  # appeared meanwhile
@@ -558,13 +554,25 @@ def ship_model(
         replace_directory(stage, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    if storage["input_kind"] == "dn8":
+    _warn_if_declared_dn8(target, storage["input_kind"])
+    return {"target": str(target), **report, **storage}
+
+
+def _recorded(previous: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """The card arguments given, else what the source's own card recorded (``datasets``, ``base_model``,
+    ``run_info``; an empty ``run_info`` given stays empty)."""
+    chosen = {key: value or previous.get(key) for key, value in given.items() if key != "run_info"}
+    chosen["run_info"] = given["run_info"] if given.get("run_info") is not None else previous.get("run_info")
+    return chosen
+
+
+def _warn_if_declared_dn8(target: Path, input_kind: str) -> None:
+    if input_kind == "dn8":
         logger.warning(
             "%s: the processor declares input_kind 'dn8': dB / linear inputs (the chips, S1 GRD GeoTIFFs) are refused "
             "unless declared; ship with input_kind='auto' (--input-kind auto) so 8-bit tiles still read as dn8",
             target,
         )
-    return {"target": str(target), **report, **storage}
 
 
 def describe(report: Mapping[str, Any]) -> str:
