@@ -126,13 +126,16 @@ def regression_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def enqueue(queues: list[torch.Tensor], keys: list[torch.Tensor], pointer: torch.Tensor) -> None:
+def enqueue(queues: list[torch.Tensor], keys: list[torch.Tensor], pointer: torch.Tensor) -> torch.Tensor:
     """Write each ``keys[i]`` into ``queues[i]`` at the shared ``pointer``, wrapping around, in place.
 
     Args:
         queues: ``[D, K]`` float buffers sharing one pointer (DI3CL: the global and the contour queue).
         keys: ``[N, D]`` new keys for each queue, ``N <= K`` (cast to the queue's dtype, fp32 in DI3CL).
         pointer: ``[1]`` long buffer, the next column to write; advanced by ``N`` modulo ``K``.
+
+    Returns:
+        The ``N`` columns written (e.g. to record what each key belongs to in a buffer of the same ``K``).
     """
     queue_size = queues[0].shape[1]
     num_keys = keys[0].shape[0]
@@ -145,6 +148,7 @@ def enqueue(queues: list[torch.Tensor], keys: list[torch.Tensor], pointer: torch
     for queue, new_keys in zip(queues, keys, strict=True):
         queue.index_copy_(1, columns.to(queue.device), new_keys.detach().to(queue.dtype).t())
     pointer.copy_((pointer + num_keys) % queue_size)
+    return columns
 
 
 @torch.no_grad()

@@ -19,30 +19,28 @@ from pathlib import Path
 import numpy as np
 
 from di3cl_hf.atomic import write_json, write_text
+from di3cl_hf.data.classes import IGNORE_INDEX
 from di3cl_hf.data.flood import ETCI_NODATA, etci_block, find_flood_samples, flood_label
 from di3cl_hf.data.polarisation import read_sample
 from di3cl_hf.data.samples import sentinel1_sample
 from di3cl_hf.data.sario import read_sar
 from di3cl_hf.inference.scene import predict_scene
 from di3cl_hf.loading import load_model_and_processor
+from di3cl_hf.training.baselines import binary_confusion, binary_scores
 
 
 def _confusion(predicted: np.ndarray, label: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    keep = valid & (label != 255)
-    truth, guess = label[keep].astype(bool), predicted[keep] == 1
-    return np.array(
-        [[np.sum(~truth & ~guess), np.sum(~truth & guess)], [np.sum(truth & ~guess), np.sum(truth & guess)]]
-    )
+    """Confusion of the water class over the valid, labelled pixels: labels other than 0 / 1 (255, Sen1Floods11's
+    -1) and image no data are excluded."""
+    labelled = valid & np.isin(label, (0, 1))
+    return binary_confusion(predicted == 1, np.where(labelled, label, IGNORE_INDEX))
 
 
 def _scores(confusion: np.ndarray) -> dict[str, float | int]:
-    tp, fp, fn = int(confusion[1, 1]), int(confusion[0, 1]), int(confusion[1, 0])
-    union = tp + fp + fn
     return {
-        "iou": tp / union if union else float("nan"),
-        "f1": 2 * tp / (2 * tp + fp + fn) if union else float("nan"),
-        "water_pixels": tp + fn,
-        "predicted_water": tp + fp,
+        **binary_scores(confusion),
+        "water_pixels": int(confusion[1].sum()),
+        "predicted_water": int(confusion[:, 1].sum()),
     }
 
 

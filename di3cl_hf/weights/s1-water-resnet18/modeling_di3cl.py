@@ -491,11 +491,8 @@ class DI3CLForPreTraining(DI3CLPreTrainedModel):
         if _world_size() > 1:
             keys = [_concat_all_gather(key) for key in keys]
             ids = _concat_all_gather(ids.contiguous())
-        columns = (
-            torch.arange(ids.shape[0], device=self.queue_ptr.device) + self.queue_ptr
-        ) % ids.new_tensor(self.queue_ids.shape[0])
-        self.queue_ids.index_copy_(0, columns, ids)
-        enqueue([self.global_queue, self.contour_queue], keys, self.queue_ptr)
+        columns = enqueue([self.global_queue, self.contour_queue], keys, self.queue_ptr)
+        self.queue_ids.index_copy_(0, columns.to(self.queue_ids.device), ids)
 
     def _query_embeddings(
         self, pixel_values: torch.Tensor, boxes: torch.Tensor
