@@ -188,3 +188,15 @@ def test_monitor_keeps_the_best_step(tmp_path):
     _, improved = restored.score(_Encoder(gain=0.0), step=300)
     assert not improved and restored.best_step == 100
     assert math.isfinite(restored.best_score)
+
+
+def test_image_shapes_follow_chunks_and_selections():
+    import datasets
+
+    from di3cl_hf.data.parquet import encode_array
+    from di3cl_hf.training.pretraining_data import image_shapes
+
+    rows = [{"image": encode_array(np.zeros((1, 4, 5 + i), np.uint8))} for i in range(3)]
+    dataset = datasets.concatenate_datasets([datasets.Dataset.from_list(rows)] * 2)  # two Arrow chunks
+    assert image_shapes(dataset, "image") == [(1, 4, 5), (1, 4, 6), (1, 4, 7)] * 2
+    assert image_shapes(dataset.select([2, 0]), "image") == [(1, 4, 7), (1, 4, 5)]

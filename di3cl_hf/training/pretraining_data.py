@@ -152,8 +152,10 @@ def random_crop(
 
 def image_shapes(dataset, image_column: str) -> list[tuple[int, ...]]:
     """The stored ``shape`` of every image of a map-style dataset with raw array columns, without decoding."""
-    column = dataset.data.column(image_column)
-    return [tuple(shape) for shape in column.combine_chunks().field("shape").to_pylist()]
+    if getattr(dataset, "_indices", None) is not None:  # a selected / shuffled view: rows in its own order
+        dataset = dataset.flatten_indices()
+    column = dataset.data.column(image_column)  # chunk by chunk: combining would copy every image's bytes
+    return [tuple(shape) for chunk in column.chunks for shape in chunk.field("shape").to_pylist()]
 
 
 def crops_per_image(shapes: list[tuple[int, ...]], crop_size: int) -> list[int]:
