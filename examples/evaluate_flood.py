@@ -17,6 +17,12 @@ split after its last step; the ETCI validation split is **unused** (no model sel
 scored). Classical baselines (:mod:`~di3cl_hf.training.baselines`: thresholds fitted on the same labelled subset,
 Otsu per tile, the before/after log ratio) are scored on the same test split.
 
+Protocol flags (recorded in the budget when not at their defaults, so records of two protocols never mix):
+``--segmentation_loss ce+dice``, ``--foreground_crop_probability P`` (a training crop centred on a water pixel
+with probability P) and ``--backbone_learning_rate_scale S`` (encoder lr = S x lr in ``full`` mode). With a few
+labelled tiles water can reach the loss in too few random crops for a CE model to predict any; the second protocol
+of ``results/real/flood-ablation.md`` uses ``ce+dice``, 0.5 and 0.1.
+
 Outputs in ``--output_dir``: ``flood.json`` (every finished run: water IoU / F1, confusion matrix, wall and training
 time, machine, command; written atomically after each run, and finished runs are skipped when the command is run
 again), ``flood.md`` (mean ± sample standard deviation over seeds per task, initialisation × mode × fraction, the
@@ -76,6 +82,12 @@ TASKS = {
 """Task -> flood layout and the argument naming its folder."""
 
 BUDGET_KEYS = ("backbone", "max_steps", "crop_size", "batch_size", "learning_rate", "decoder_hidden_size")
+PROTOCOL_DEFAULTS = {
+    "segmentation_loss": "ce",
+    "backbone_learning_rate_scale": 1.0,
+    "foreground_crop_probability": 0.0,
+}
+"""Budget keys added later: recorded only when they differ from these (older records keep their budget)."""
 CLASSICAL = "classical"
 """The mode of the classical rows."""
 
@@ -158,6 +170,9 @@ def _finetune_run(
                 crop_size=args.crop_size, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
                 max_steps=args.max_steps, learning_rate=args.learning_rate, warmup_steps=max(1, args.max_steps // 10),
                 decoder_hidden_size=args.decoder_hidden_size, mixed_precision=args.mixed_precision,
+                segmentation_loss=args.segmentation_loss,
+                backbone_learning_rate_scale=args.backbone_learning_rate_scale,
+                foreground_crop_probability=args.foreground_crop_probability,
                 final_validation=False, output_dir=output, save_model=False, report_to="none", disable_tqdm=True,
             )
         )  # fmt: skip
@@ -367,6 +382,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--decoder_hidden_size", type=int, default=128)
     parser.add_argument(
+        "--segmentation_loss", default="ce", choices=["ce", "ce+dice"],
+        help="ce+dice counters the rarity of water in small label fractions (a CE-only model can predict none).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backbone_learning_rate_scale", type=float, default=1.0,
+        help="Encoder learning rate = --learning_rate x this in full fine-tuning (e.g. 0.1 keeps pre-trained "
+        "features; random encoders get the same scale).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--foreground_crop_probability", type=float, default=0.0,
+        help="Chance that a training crop is centred on a water pixel (nnU-Net-style oversampling).",
+    )  # fmt: skip
+    parser.add_argument(
         "--mixed_precision", default="auto", help="auto (bf16 only where native), bf16, fp32."
     )
     parser.add_argument("--no_classical", action="store_true", help="Skip the classical baselines.")
@@ -384,10 +412,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def budget_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The fine-tuning budget of a record: :data:`BUDGET_KEYS`, plus the protocol keys that differ from
+    :data:`PROTOCOL_DEFAULTS` (so records written before those flags existed still match)."""
+    budget = {key: getattr(args, key) for key in BUDGET_KEYS}
+    budget.update(
+        {
+            key: getattr(args, key)
+            for key, default in PROTOCOL_DEFAULTS.items()
+            if getattr(args, key) != default
+        }
+    )
+    return budget
+
+
 def _start_record(args: argparse.Namespace, output_dir: Path, inits: dict[str, str | None]) -> dict:
     """The existing ``flood.json`` (same budget, else refused) or a new record, with this command added."""
     path = output_dir / "flood.json"
-    budget = {key: getattr(args, key) for key in BUDGET_KEYS}
+    budget = budget_of(args)
     record = json.loads(path.read_text()) if path.is_file() else {"runs": {}, "budget": budget}
     if record["budget"] != budget:
         raise SystemExit(

@@ -280,3 +280,37 @@ def test_imagenet_initialisation_from_a_local_timm_file(tmp_path):
     save_file({"something.weight": torch.zeros(3)}, str(foreign))
     with pytest.raises(ValueError, match="foreign.safetensors: no tensor matches the resnet18 encoder"):
         load_imagenet_weights(model, foreign)
+
+
+def test_foreground_crops_find_a_rare_class():
+    """With foreground_crop_probability=1 every training crop holds the one water pixel-block of a large tile;
+    with 0 most uniform crops miss it; out-of-range probabilities are refused."""
+    from datasets import Dataset
+
+    from di3cl_hf import DI3CLImageProcessor
+
+    label = np.zeros((256, 256), dtype=np.int64)
+    label[200:204, 10:14] = 1  # 16 water pixels in 65,536
+    label[:4, :4] = 255  # ignored pixels never count as foreground
+    image = np.full((1, 256, 256), -10.0, dtype=np.float32)
+    rows = Dataset.from_dict({"index": [0]}).with_transform(
+        lambda batch: {"image": [image], "label": [label]}
+    )
+    processor = DI3CLImageProcessor(num_channels=1)
+
+    def water_crops(probability: float) -> int:
+        torch.manual_seed(0)
+        data = SegmentationDataset(
+            rows, processor, crop_size=32, train=True, foreground_crop_probability=probability
+        )
+        return sum(int((data[0]["labels"] == 1).any()) for _ in range(40))
+
+    assert water_crops(1.0) == 40
+    assert water_crops(0.0) < 10  # a uniform 32² crop holds the block with probability ~ (35/225)^2
+    assert 10 < water_crops(0.5) < 40
+    with pytest.raises(ValueError, match="foreground_crop_probability"):
+        SegmentationDataset(rows, processor, crop_size=32, train=True, foreground_crop_probability=1.5)
+    with pytest.raises(ValueError, match="foreground_crop_probability"):  # refused before any data is read
+        FinetuneArguments(
+            data_dir="unused", output_dir="unused", init="random", foreground_crop_probability=-0.1
+        )

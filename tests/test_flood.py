@@ -356,3 +356,18 @@ def test_runner_end_to_end_resumes_and_merges(tmp_path, monkeypatch):
     assert (tmp_path / "m" / "flood_label_efficiency.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="budget"):
         runner.main([*first[:-1], str(tmp_path / "a"), "--max_steps", "3"])
+
+
+def test_runner_budget_keeps_older_records_and_records_protocol_changes():
+    """Protocol flags at their defaults leave the budget as older records wrote it; other values enter it, so a
+    record of one protocol is never resumed or merged with runs of another."""
+    runner = _runner()
+    plain = runner.parse_args(["--tasks", "etci", "--etci_dir", str(ROOT)])
+    assert set(runner.budget_of(plain)) == set(runner.BUDGET_KEYS)
+    changed = runner.parse_args(
+        ["--tasks", "etci", "--etci_dir", str(ROOT), "--segmentation_loss", "ce+dice",
+         "--foreground_crop_probability", "0.5", "--backbone_learning_rate_scale", "0.1"]
+    )  # fmt: skip
+    budget = runner.budget_of(changed)
+    assert budget["segmentation_loss"] == "ce+dice" and budget["foreground_crop_probability"] == 0.5
+    assert budget["backbone_learning_rate_scale"] == 0.1 and budget != runner.budget_of(plain)

@@ -35,6 +35,10 @@ class SegmentationDataset(Dataset):
         crop_size: side of the random crops when ``train`` (``None``: whole patches).
         train: apply the random geometric augmentation.
         ignore_index: label given to invalid (nodata) pixels.
+        foreground_crop_probability: when training with crops, the chance that a crop is centred on a random
+            pixel of a class other than 0 (and not ignored), as nnU-Net oversamples foreground; a sample without
+            such a pixel gets a plain random crop. Rare classes (water in a few labelled tiles) otherwise
+            reach the loss in too few crops for a model to predict them at all.
     """
 
     def __init__(
@@ -44,7 +48,13 @@ class SegmentationDataset(Dataset):
         crop_size: int | None = None,
         train: bool = False,
         ignore_index: int = 255,
+        foreground_crop_probability: float = 0.0,
     ) -> None:
+        if not 0.0 <= foreground_crop_probability <= 1.0:
+            raise ValueError(
+                f"SegmentationDataset: foreground_crop_probability={foreground_crop_probability}, expected 0..1"
+            )
+        self.foreground_crop_probability = float(foreground_crop_probability)
         self.dataset = dataset
         self.processor = processor
         self.crop_size = crop_size
@@ -87,8 +97,7 @@ class SegmentationDataset(Dataset):
                 pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
                 labels = F.pad(labels, (0, pad_w, 0, pad_h), value=self.ignore_index)
                 height, width = labels.shape
-            top = int(torch.randint(0, height - self.crop_size + 1, ()))
-            left = int(torch.randint(0, width - self.crop_size + 1, ()))
+            top, left = self._crop_corner(labels)
             pixel_values = pixel_values[:, top : top + self.crop_size, left : left + self.crop_size]
             labels = labels[top : top + self.crop_size, left : left + self.crop_size]
         # SAR has no preferred orientation: flips and 90-degree rotations are label-preserving.
@@ -100,6 +109,20 @@ class SegmentationDataset(Dataset):
         if turns:
             pixel_values, labels = pixel_values.rot90(turns, (-2, -1)), labels.rot90(turns, (-2, -1))
         return pixel_values, labels
+
+    def _crop_corner(self, labels: torch.Tensor) -> tuple[int, int]:
+        """Top-left corner of a training crop: around a random foreground pixel with probability
+        ``foreground_crop_probability`` (when the sample has one), else uniform."""
+        height, width = labels.shape
+        size = self.crop_size
+        if self.foreground_crop_probability and torch.rand(()) < self.foreground_crop_probability:
+            foreground = ((labels != 0) & (labels != self.ignore_index)).nonzero()
+            if len(foreground):
+                row, column = foreground[int(torch.randint(0, len(foreground), ()))].tolist()
+                top = min(max(row - size // 2, 0), height - size)
+                left = min(max(column - size // 2, 0), width - size)
+                return top, left
+        return int(torch.randint(0, height - size + 1, ())), int(torch.randint(0, width - size + 1, ()))
 
 
 def task_splits(

@@ -200,7 +200,12 @@ class FinetuneRun:
 def _loaders(args: FinetuneArguments, splits: tuple, processor: Any, ignore_index: int):
     train_set, validation_set, test_set = splits
     train_data = SegmentationDataset(
-        train_set, processor, args.crop_size, train=True, ignore_index=ignore_index
+        train_set,
+        processor,
+        args.crop_size,
+        train=True,
+        ignore_index=ignore_index,
+        foreground_crop_probability=args.foreground_crop_probability,
     )
     if len(train_data) == 0:
         raise ValueError(f"{args.data_dir}: label_fraction={args.label_fraction} leaves no training sample")

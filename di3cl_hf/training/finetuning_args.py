@@ -116,6 +116,13 @@ class FinetuneArguments(FinetuneBudget):
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps before the cosine decay."})
     segmentation_loss: str = field(default="ce", metadata={"help": "ce or ce+dice (Dice helps thin roads)."})
+    foreground_crop_probability: float = field(
+        default=0.0,
+        metadata={
+            "help": "Chance that a training crop is centred on a labelled pixel of a class other than 0 (nnU-Net's "
+            "foreground oversampling; helps rare classes such as water in a few labelled tiles)."
+        },
+    )
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     eval_every: int = field(default=0, metadata={"help": "Validate every N steps (0: only at the end)."})
     save_every: int | None = field(default=None, metadata={"help": "Deprecated spelling of --save_steps."})
@@ -171,6 +178,11 @@ class FinetuneArguments(FinetuneBudget):
         if self.segmentation_loss not in ("ce", "ce+dice"):
             raise ValueError(
                 f"FinetuneArguments: segmentation_loss={self.segmentation_loss!r}, expected ce or ce+dice"
+            )
+        if not 0.0 <= self.foreground_crop_probability <= 1.0:
+            raise ValueError(
+                f"FinetuneArguments: foreground_crop_probability={self.foreground_crop_probability!r}, "
+                "expected a value in [0, 1]"
             )
         for name in ("batch_size", "eval_batch_size", "max_steps"):
             if getattr(self, name) < 1:
