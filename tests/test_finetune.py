@@ -306,7 +306,7 @@ def test_foreground_crops_find_a_rare_class():
         return sum(int((data[0]["labels"] == 1).any()) for _ in range(40))
 
     assert water_crops(1.0) == 40
-    assert water_crops(0.0) < 10  # a uniform 32² crop holds the block with probability ~ (35/225)^2
+    assert water_crops(0.0) < 10  # a uniform 32² crop holds the block with probability (35 × 14) / 225² ≈ 1 %
     assert 10 < water_crops(0.5) < 40
     with pytest.raises(ValueError, match="foreground_crop_probability"):
         SegmentationDataset(rows, processor, crop_size=32, train=True, foreground_crop_probability=1.5)

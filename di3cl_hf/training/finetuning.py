@@ -401,9 +401,9 @@ def finish(run: FinetuneRun) -> dict[str, Any]:
         if args.save_model:
             save_finetuned(accelerator.unwrap_model(run.network), run.processor, output_dir)
             write_model_card(args, results, output_dir)
+    accelerator.wait_for_everyone()  # before end_training: a barrier needs the process group it may destroy
     if run.log_with:
         accelerator.end_training()
-    accelerator.wait_for_everyone()
     results["model"] = accelerator.unwrap_model(run.network)
     results["processor"] = run.processor
     return results

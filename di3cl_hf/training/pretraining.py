@@ -636,8 +636,9 @@ def finish(run: PretrainingRun) -> None:
         ):  # trainer_state.json: its name before the shared layout
             write_json(Path(args.output_dir) / name, summary, durable=True, sort_keys=True)
     accelerator.wait_for_everyone()
-    if run.log_with:
-        accelerator.end_training()
+    # trackers finished and the process group destroyed: a gloo group left to the interpreter's exit can abort a
+    # rank in its destructor ("terminate called without an active exception") after a successful run
+    accelerator.end_training()
 
 
 def main(args: PretrainingArguments) -> int:
