@@ -83,11 +83,11 @@ TASKS = {
 
 BUDGET_KEYS = ("backbone", "max_steps", "crop_size", "batch_size", "learning_rate", "decoder_hidden_size")
 PROTOCOL_DEFAULTS = {
-    "segmentation_loss": "ce",
-    "backbone_learning_rate_scale": 1.0,
-    "foreground_crop_probability": 0.0,
+    name: FinetuneArguments.__dataclass_fields__[name].default
+    for name in ("segmentation_loss", "backbone_learning_rate_scale", "foreground_crop_probability")
 }
-"""Budget keys added later: recorded only when they differ from these (older records keep their budget)."""
+"""Budget keys added later (FinetuneArguments' defaults): recorded only when they differ from these (older records
+keep their budget)."""
 CLASSICAL = "classical"
 """The mode of the classical rows."""
 
@@ -170,9 +170,7 @@ def _finetune_run(
                 crop_size=args.crop_size, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
                 max_steps=args.max_steps, learning_rate=args.learning_rate, warmup_steps=max(1, args.max_steps // 10),
                 decoder_hidden_size=args.decoder_hidden_size, mixed_precision=args.mixed_precision,
-                segmentation_loss=args.segmentation_loss,
-                backbone_learning_rate_scale=args.backbone_learning_rate_scale,
-                foreground_crop_probability=args.foreground_crop_probability,
+                **{name: getattr(args, name) for name in PROTOCOL_DEFAULTS},
                 final_validation=False, output_dir=output, save_model=False, report_to="none", disable_tqdm=True,
             )
         )  # fmt: skip
@@ -382,16 +380,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--decoder_hidden_size", type=int, default=128)
     parser.add_argument(
-        "--segmentation_loss", default="ce", choices=["ce", "ce+dice"],
+        "--segmentation_loss", default=PROTOCOL_DEFAULTS["segmentation_loss"], choices=["ce", "ce+dice"],
         help="ce+dice counters the rarity of water in small label fractions (a CE-only model can predict none).",
     )  # fmt: skip
     parser.add_argument(
-        "--backbone_learning_rate_scale", type=float, default=1.0,
+        "--backbone_learning_rate_scale", type=float, default=PROTOCOL_DEFAULTS["backbone_learning_rate_scale"],
         help="Encoder learning rate = --learning_rate x this in full fine-tuning (e.g. 0.1 keeps pre-trained "
         "features; random encoders get the same scale).",
     )  # fmt: skip
     parser.add_argument(
-        "--foreground_crop_probability", type=float, default=0.0,
+        "--foreground_crop_probability", type=float, default=PROTOCOL_DEFAULTS["foreground_crop_probability"],
         help="Chance that a training crop is centred on a water pixel (nnU-Net-style oversampling).",
     )  # fmt: skip
     parser.add_argument(
