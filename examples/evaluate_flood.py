@@ -264,9 +264,18 @@ def write_markdown(record: dict, path: Path) -> None:
     write_text(path, "\n".join(parts))
 
 
+def curve_rows(record: dict, task: str) -> list[tuple[str, str, dict]]:
+    """The rows of ``task`` drawn as curves: those measured at two or more label fractions when the task has two
+    or more (a row scored at one fraction only, such as an ablation encoder, is not a curve: it stays in the
+    tables and out of the figure's legend); every row when the task has one fraction."""
+    rows = list(_rows(record, task))
+    curves = [row for row in rows if len(row[2]) > 1]
+    return curves or rows
+
+
 def plot_curves(record: dict, path: Path) -> Path | None:
     """``flood_label_efficiency.png``: IoU vs label fraction per task, one line per initialisation × mode (error
-    bars: std over seeds), classical rows dashed; ``None`` without matplotlib."""
+    bars: std over seeds; rows as :func:`curve_rows` chooses), classical rows dashed; ``None`` without matplotlib."""
     try:
         import matplotlib
     except ImportError:
@@ -277,7 +286,7 @@ def plot_curves(record: dict, path: Path) -> Path | None:
     tasks = list(record["tasks"])
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
     for axis, task in zip(axes[0], tasks):
-        for init, mode, by_fraction in _rows(record, task):
+        for init, mode, by_fraction in curve_rows(record, task):
             points = sorted((f, *_mean_std([r["iou"] for r in runs])) for f, runs in by_fraction.items())
             style = {"linestyle": "--", "marker": "x", "alpha": 0.7} if mode == CLASSICAL else {"marker": "o"}
             axis.errorbar(

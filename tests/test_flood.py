@@ -371,3 +371,24 @@ def test_runner_budget_keeps_older_records_and_records_protocol_changes():
     budget = runner.budget_of(changed)
     assert budget["segmentation_loss"] == "ce+dice" and budget["foreground_crop_probability"] == 0.5
     assert budget["backbone_learning_rate_scale"] == 0.1 and budget != runner.budget_of(plain)
+
+
+def test_figure_draws_curves_and_leaves_single_fraction_rows_to_the_tables() -> None:
+    """An ablation encoder scored at one label fraction is not a curve; a task with one fraction keeps every row."""
+    runner = _runner()
+
+    def run(task, init, fraction, mode="frozen"):
+        return {"task": task, "init": init, "mode": mode, "fraction": fraction, "seed": 0, "iou": 0.5}
+
+    runs = [run("etci", init, f) for init in ("random", "di3cl") for f in (0.01, 0.1)]
+    runs += [run("etci", "di3cl-ablation", 0.1), run("etci", "threshold VV", 0.01, "classical")]
+    runs += [run("etci", "threshold VV", 0.1, "classical"), run("ombria-after", "random", 1.0)]
+    record = {
+        "runs": {str(index): r for index, r in enumerate(runs)},
+        "order": ["random", "di3cl", "di3cl-ablation"],
+        "modes": ["frozen"],
+        "classical": {"etci": ["threshold VV"]},
+    }
+    drawn = [(init, mode) for init, mode, _ in runner.curve_rows(record, "etci")]
+    assert drawn == [("random", "frozen"), ("di3cl", "frozen"), ("threshold VV", "classical")]
+    assert [init for init, _, _ in runner.curve_rows(record, "ombria-after")] == ["random"]

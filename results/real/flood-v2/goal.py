@@ -1,6 +1,7 @@
 """Check issue #24's goal on a flood.json written by examples/evaluate_flood.py; prints a markdown table.
 
     python results/real/flood-v2/goal.py results/real/flood-v2/flood.json
+    python results/real/flood-v2/goal.py results/real/flood-v2/flood.json di3cl-seed1-1800   # another DI3CL row
 
 Goal, per task, label fraction (1 %, 10 %) and mode: DI3CL >= random + 0.05 IoU with the gap above twice the larger
 seed standard deviation (ddof 1), DI3CL >= MoCo v2, and every learned row above every classical row.
@@ -17,7 +18,7 @@ def stats(runs):
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def main(path: str) -> None:
+def main(path: str, di3cl: str = "di3cl") -> None:
     runs = list(json.load(open(path))["runs"].values())
     print(
         "| task | labels | mode | random | MoCo v2 | DI3CL | DI3CL − random (2 × std) | DI3CL ≥ MoCo v2 | best classical "
@@ -50,6 +51,11 @@ def main(path: str) -> None:
                     ]
                     for init in ("random", "mocov2", "di3cl")
                 }
+                chosen["di3cl"] = [
+                    r
+                    for r in runs
+                    if (r["task"], r["fraction"], r["mode"], r["init"]) == (task, fraction, mode, di3cl)
+                ]
                 if not all(chosen.values()):
                     continue
                 rows = {init: stats(found) for init, found in chosen.items()}
@@ -65,4 +71,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
