@@ -20,6 +20,9 @@ def stats(runs):
 
 def main(path: str, di3cl: str = "di3cl") -> None:
     runs = list(json.load(open(path))["runs"].values())
+    if not any(r["init"] == di3cl for r in runs):
+        names = sorted({r["init"] for r in runs if r["mode"] != "classical"})
+        raise SystemExit(f"{path}: no runs of {di3cl!r}; initialisations there: {', '.join(names)}")
     print(
         "| task | labels | mode | random | MoCo v2 | DI3CL | DI3CL − random (2 × std) | DI3CL ≥ MoCo v2 | best classical "
         "| learned rows above it | goal |"

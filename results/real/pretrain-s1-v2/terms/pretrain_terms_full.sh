@@ -39,18 +39,16 @@ for n in $RUNS; do
   ( until [ -d runs/full/$n/checkpoints/checkpoint-1800 ]; do sleep 20; done; kill -TERM $pid ) &
 done
 wait
-# export the query encoder of each checkpoint-1800 as runs/full/<name>/encoder-1800
+# export the query encoder of each checkpoint-1800 as runs/full/<name>/encoder-1800 (DI3CLForPreTraining.export_encoder)
 RUNS="$RUNS" "$PYTHON" - <<'PY'
 import os
 from safetensors.torch import load_file
-from di3cl_hf import DI3CLImageProcessor, DI3CLModel
+from di3cl_hf import DI3CLConfig, DI3CLForPreTraining, DI3CLImageProcessor
 for name in os.environ["RUNS"].split():
     run = f"runs/full/{name}"
-    model = DI3CLModel.from_pretrained(f"{run}/best-encoder")
-    state = load_file(f"{run}/checkpoints/checkpoint-1800/model.safetensors")
-    model.load_state_dict({k[len("di3cl."):]: v.float() if v.is_floating_point() else v
-                           for k, v in state.items() if k.startswith("di3cl.")}, strict=True)
-    model.save_pretrained(f"{run}/encoder-1800")
+    model = DI3CLForPreTraining(DI3CLConfig.from_pretrained(f"{run}/best-encoder"))
+    model.load_state_dict(load_file(f"{run}/checkpoints/checkpoint-1800/model.safetensors"), strict=True)
+    model.export_encoder().save_pretrained(f"{run}/encoder-1800")
     DI3CLImageProcessor.from_pretrained(f"{run}/best-encoder").save_pretrained(f"{run}/encoder-1800")
 PY
 # fine-tuning: frozen encoder, 10 % labels, seeds 0-2, protocol B, on ETCI and OMBRIA after-only
